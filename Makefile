@@ -1,0 +1,44 @@
+# Every target builds its own virtual environment; nothing relies on what is installed by hand.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint typecheck pytest wheel-check bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# The reference implementations, as test-only oracles. hdp-autogen's signing and
+	# verification modules need only cryptography and jcs, not AutoGen.
+	$(PY) -m pip install --quiet --no-deps hdp-autogen==0.2.0
+	$(PY) -m pip install --quiet agent-identity-protocol==0.6.0
+	touch $(STAMP)
+
+## run: the main job: make demo keys and tokens under var/demo and verify them offline
+run: $(STAMP)
+	bash scripts/demo.sh $(VENV)/bin
+
+## test: lint, type-check, the test suite, and an install of the built wheel into a clean venv
+test: lint typecheck pytest wheel-check
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy verifier
+
+pytest: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+wheel-check: $(STAMP)
+	bash scripts/wheel_check.sh $(PY)
+
+## bench: verification speed against the reference packages
+bench: $(STAMP)
+	$(PY) bench/verify.py
+
+clean:
+	rm -rf $(VENV) .venv-wheel build dist *.egg-info var/demo

@@ -1,0 +1,1 @@
+"""Internal building blocks of the verifier. Unstable: no compatibility promises."""

@@ -1,0 +1,173 @@
+"""Strict JSON parsing and RFC 8785 (JCS) canonical JSON.
+
+``parse_json`` is the one way untrusted JSON text enters Tallystick: it rejects
+duplicate member names, ``NaN``/``Infinity``, integers outside the IEEE-754
+safe range, invalid UTF-8, lone surrogates, excessive nesting and oversized
+input, each as :class:`~tallystick.verifier.errors.MalformedInput`.
+
+``canonicalize`` produces RFC 8785 bytes. The ``jcs`` package (the one the HDP
+reference uses) is the implementation of record. For the common case of JSON
+without floats and without object keys outside the Basic Multilingual Plane,
+the standard library's C encoder produces byte-identical output (same escapes,
+same integer form, and code-point order equals UTF-16 order), several times
+faster; the property tests hold the two to equality.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import jcs
+
+from .errors import MalformedInput
+
+__all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_SAFE_INTEGER",
+    "canonicalize",
+    "join_canonical_array",
+    "parse_json",
+]
+
+#: Largest integer exactly representable as an IEEE-754 double (ECMAScript Number.MAX_SAFE_INTEGER).
+MAX_SAFE_INTEGER = 2**53 - 1
+#: Default input cap: a 1,000-hop HDP token is about 270 KB (hdp.md §8), so 1 MiB leaves room.
+MAX_JSON_BYTES = 1 << 20
+#: Nesting cap, well under the interpreter's recursion limit.
+MAX_JSON_DEPTH = 64
+
+_BMP_MAX = 0xFFFF
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise MalformedInput(f"json: duplicate member {key!r}", code="input.duplicate_member")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise MalformedInput(f"json: non-finite number {name}", code="input.non_finite_number")
+
+
+def _safe_int(text: str) -> int:
+    if len(text) > 17:  # longer than any safe integer; avoids int() on huge digit strings
+        raise MalformedInput("json: integer outside the safe range", code="input.unsafe_integer")
+    value = int(text)
+    if abs(value) > MAX_SAFE_INTEGER:
+        raise MalformedInput("json: integer outside the safe range", code="input.unsafe_integer")
+    return value
+
+
+def _check_value(value: Any, depth: int) -> None:
+    """Reject nesting beyond MAX_JSON_DEPTH, non-finite floats and lone surrogates."""
+    if depth > MAX_JSON_DEPTH:
+        raise MalformedInput("json: nested too deeply", code="input.too_deep")
+    if isinstance(value, str):
+        _check_text(value)
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise MalformedInput("json: non-finite number", code="input.non_finite_number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_value(item, depth + 1)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedInput("json: string is not valid Unicode", code="input.bad_unicode") from exc
+
+
+def parse_json(raw: str | bytes, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Parse untrusted JSON text strictly.
+
+    :raises MalformedInput: for oversized, non-UTF-8, malformed or ambiguous input
+        (duplicate members, non-finite numbers, unsafe integers, deep nesting).
+    """
+    if isinstance(raw, bytes | bytearray):
+        if len(raw) > max_bytes:
+            raise MalformedInput(
+                f"json: input larger than {max_bytes} bytes", code="input.too_large"
+            )
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedInput("json: input is not UTF-8", code="input.bad_unicode") from exc
+    elif isinstance(raw, str):
+        text = raw
+        if len(text) > max_bytes:
+            raise MalformedInput(
+                f"json: input larger than {max_bytes} bytes", code="input.too_large"
+            )
+    else:
+        raise MalformedInput("json: input must be text", code="input.malformed")
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_object_without_duplicates,
+            parse_constant=_reject_constant,
+            parse_int=_safe_int,
+        )
+    except MalformedInput:
+        raise
+    except RecursionError as exc:
+        raise MalformedInput("json: nested too deeply", code="input.too_deep") from exc
+    except ValueError as exc:
+        raise MalformedInput(f"json: {exc}", code="input.bad_json") from exc
+    _check_value(value, 0)
+    return value
+
+
+def _stdlib_matches_jcs(value: Any) -> bool:
+    """True when json.dumps output is exactly RFC 8785 for this value."""
+    if isinstance(value, str | bool | int) or value is None:
+        return True
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or (key and max(map(ord, key)) > _BMP_MAX):
+                return False
+            if not _stdlib_matches_jcs(item):
+                return False
+        return True
+    if isinstance(value, list | tuple):
+        return all(_stdlib_matches_jcs(item) for item in value)
+    return False  # floats and anything else go to jcs
+
+
+def canonicalize(value: Any) -> bytes:
+    """RFC 8785 canonical UTF-8 bytes of a JSON value.
+
+    :raises MalformedInput: for values JSON cannot carry (non-finite floats,
+        lone surrogates, non-string keys).
+    """
+    try:
+        if _stdlib_matches_jcs(value):
+            text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            return text.encode("utf-8")
+        result: bytes = jcs.canonicalize(value)
+        return result
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise MalformedInput(
+            f"json: cannot canonicalize: {exc}", code="input.not_canonicalizable"
+        ) from exc
+
+
+def join_canonical_array(elements: Iterable[bytes]) -> bytes:
+    """Canonical bytes of a JSON array from its elements' canonical bytes.
+
+    RFC 8785 serialises an array as its elements' canonical forms joined by
+    commas, so callers that already hold canonical elements (HDP hop payloads)
+    avoid re-serialising the whole prefix for every hop.
+    """
+    return b"[" + b",".join(elements) + b"]"
