@@ -109,3 +109,8 @@ def test_safe_integers_and_floats_parse() -> None:
 def test_parse_json_never_raises_anything_else(raw: bytes | str) -> None:
     with contextlib.suppress(TallystickError):
         parse_json(raw)
+
+
+@pytest.mark.parametrize("value", [2**53, -(2**53), 2**60, 10**21])
+def test_integers_beyond_the_safe_range_use_the_jcs_number_form(value: int) -> None:
+    assert canonicalize([value]) == jcs.canonicalize([value])

@@ -16,6 +16,8 @@ faster; the property tests hold the two to equality.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -64,29 +66,48 @@ def _safe_int(text: str) -> int:
     return value
 
 
-def _check_value(value: Any, depth: int) -> None:
-    """Reject nesting beyond MAX_JSON_DEPTH, non-finite floats and lone surrogates."""
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):  # "1e999" overflows to infinity
+        raise MalformedInput("json: number overflows to infinity", code="input.non_finite_number")
+    return value
+
+
+def _check_nesting_and_text(value: Any, depth: int) -> None:
+    """Reject nesting beyond MAX_JSON_DEPTH and strings holding lone surrogates."""
     if depth > MAX_JSON_DEPTH:
         raise MalformedInput("json: nested too deeply", code="input.too_deep")
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         _check_text(value)
-    elif isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise MalformedInput("json: non-finite number", code="input.non_finite_number")
-    elif isinstance(value, dict):
+    elif kind is dict:
         for key, item in value.items():
             _check_text(key)
-            _check_value(item, depth + 1)
-    elif isinstance(value, list):
+            _check_nesting_and_text(item, depth + 1)
+    elif kind is list:
         for item in value:
-            _check_value(item, depth + 1)
+            _check_nesting_and_text(item, depth + 1)
 
 
 def _check_text(text: str) -> None:
+    if text.isascii():
+        return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise MalformedInput("json: string is not valid Unicode", code="input.bad_unicode") from exc
+
+
+# Text that can hide what the post-parse walk looks for: a surrogate escape, or enough brackets
+# to nest past MAX_JSON_DEPTH. Most inputs have neither, and skip the walk.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _needs_walk(text: str) -> bool:
+    return (
+        text.count("[") + text.count("{") > MAX_JSON_DEPTH
+        or _SURROGATE_ESCAPE.search(text) is not None
+    )
 
 
 def parse_json(raw: str | bytes, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
@@ -118,6 +139,7 @@ def parse_json(raw: str | bytes, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
             object_pairs_hook=_object_without_duplicates,
             parse_constant=_reject_constant,
             parse_int=_safe_int,
+            parse_float=_finite_float,
         )
     except MalformedInput:
         raise
@@ -125,23 +147,32 @@ def parse_json(raw: str | bytes, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
         raise MalformedInput("json: nested too deeply", code="input.too_deep") from exc
     except ValueError as exc:
         raise MalformedInput(f"json: {exc}", code="input.bad_json") from exc
-    _check_value(value, 0)
+    if _needs_walk(text):
+        _check_nesting_and_text(value, 0)
     return value
 
 
 def _stdlib_matches_jcs(value: Any) -> bool:
-    """True when json.dumps output is exactly RFC 8785 for this value."""
-    if isinstance(value, str | bool | int) or value is None:
+    """True when json.dumps output is exactly RFC 8785 for this value.
+
+    Dispatches on exact types (subclasses go to ``jcs``) because this walk runs on every
+    signature check's payload.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
         return True
-    if isinstance(value, dict):
+    if kind is int:
+        # Beyond 2**53, ECMAScript (and so JCS) prints the nearest double, not the exact digits.
+        return bool(-MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER)
+    if kind is dict:
         for key, item in value.items():
-            if not isinstance(key, str) or (key and max(map(ord, key)) > _BMP_MAX):
+            if type(key) is not str or not (key.isascii() or max(map(ord, key)) <= _BMP_MAX):
                 return False
-            if not _stdlib_matches_jcs(item):
+            if type(item) is not str and not _stdlib_matches_jcs(item):
                 return False
         return True
-    if isinstance(value, list | tuple):
-        return all(_stdlib_matches_jcs(item) for item in value)
+    if kind is list or kind is tuple:
+        return all(type(item) is str or _stdlib_matches_jcs(item) for item in value)
     return False  # floats and anything else go to jcs
 
 

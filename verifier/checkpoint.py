@@ -41,6 +41,7 @@ from .errors import CheckpointInvalid, KeyInvalid, MalformedInput, SignatureInva
 from .keys import PrivateKey, PublicKey
 
 __all__ = [
+    "MAX_SIGNATURES",
     "Checkpoint",
     "Cosignature",
     "Cosigner",

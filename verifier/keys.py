@@ -20,6 +20,7 @@ before its rotation still verifies.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -44,6 +45,9 @@ from .errors import (
 )
 
 __all__ = [
+    "PUBLIC_KEY_BYTES",
+    "SIGNATURE_BYTES",
+    "DocumentSignature",
     "KeyDocument",
     "KeyEntry",
     "Keyring",
@@ -133,7 +137,9 @@ class PublicKey:
         return True
 
 
+@functools.lru_cache(maxsize=1024)
 def _verify_key(raw: bytes) -> nacl.signing.VerifyKey:
+    # Cached: building a VerifyKey decodes the point, and verifiers check many signatures per key.
     try:
         return nacl.signing.VerifyKey(raw)
     except (nacl.exceptions.ValueError, nacl.exceptions.TypeError) as exc:
@@ -266,6 +272,7 @@ def load_public_key(spec: str) -> PublicKey:
 
 
 # -- signed key documents ----------------------------------------------------------------------
+
 
 class KeyEntry(BaseModel):
     """One key in a :class:`KeyDocument`, valid from ``valid_from`` until ``retired_at`` (ms)."""

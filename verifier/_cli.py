@@ -1,0 +1,500 @@
+"""The offline ``tallystick`` command line.
+
+Exit codes: 0 valid or success; 1 the input was checked and rejected; 2 a
+usage or input error (unreadable file, malformed key, bad option). Every
+argument that names a token or file takes ``-`` for standard input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from . import __version__, aip, hdp
+from .errors import KeyInvalid, TallystickError
+from .keys import PrivateKey, PublicKey, load_private_key, load_public_key, save_private_key
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+
+#: Upper bound on what a command reads from a file or standard input.
+MAX_INPUT_BYTES = 4 << 20
+
+
+class UsageError(Exception):
+    """A problem with the command line or its files, reported with exit code 2."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The result of a verify command, as ``--json`` prints it."""
+
+    valid: bool
+    format: str
+    code: str | None
+    step: int | None
+    detail: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "valid": self.valid,
+                "format": self.format,
+                "code": self.code,
+                "step": self.step,
+                "detail": self.detail,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def rejected(cls, fmt: str, exc: TallystickError) -> Verdict:
+        return cls(False, fmt, exc.code, exc.step, exc.detail)
+
+
+# -- input helpers ------------------------------------------------------------------------------
+
+
+def _read_input(spec: str, *, what: str, is_literal: Callable[[str], bool]) -> str:
+    """Text from ``-`` (standard input), a literal token, or a file path."""
+    if spec == "-":
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+    elif is_literal(spec) and not _is_file(spec):
+        return spec.strip()
+    else:
+        try:
+            with Path(spec).open("rb") as handle:
+                data = handle.read(MAX_INPUT_BYTES + 1)
+        except OSError as exc:
+            raise UsageError(f"{what}: cannot read {spec}: {exc.strerror}") from exc
+    if len(data) > MAX_INPUT_BYTES:
+        raise UsageError(f"{what}: larger than {MAX_INPUT_BYTES} bytes")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what}: not UTF-8 text") from exc
+
+
+def _is_file(spec: str) -> bool:
+    try:
+        return Path(spec).is_file()
+    except OSError:  # a long token is not a valid file name
+        return False
+
+
+def _is_json_literal(spec: str) -> bool:
+    return spec.lstrip().startswith("{")
+
+
+_AIP_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_\-.~=+/]{32,}")
+
+
+def _is_aip_literal(spec: str) -> bool:
+    return _AIP_TOKEN_TEXT.fullmatch(spec.strip()) is not None
+
+
+def _private_key(path: str) -> PrivateKey:
+    try:
+        return load_private_key(Path(path))
+    except KeyInvalid as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _public_key(spec: str) -> PublicKey:
+    try:
+        return load_public_key(spec)
+    except KeyInvalid as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be zero or more")
+    return value
+
+
+def _usd(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite amount of zero or more")
+    return value
+
+
+def _report(verdict: Verdict, *, as_json: bool, summary: str) -> int:
+    if as_json:
+        print(verdict.to_json())
+    elif verdict.valid:
+        print(f"valid: {summary}")
+    else:
+        step = "" if verdict.step is None else f" (step {verdict.step})"
+        print(f"invalid: {verdict.code}{step}: {verdict.detail}")
+    return EXIT_OK if verdict.valid else EXIT_REJECTED
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    pub_path = out.with_name(out.name + ".pub")
+    for path in (out, pub_path):
+        if path.exists():
+            raise UsageError(f"keygen: {path} exists; refusing to overwrite a key")
+    key = PrivateKey.generate()
+    try:
+        save_private_key(out, key)
+        pub_path.write_text(key.public_key.to_b64url() + "\n", encoding="ascii")
+    except OSError as exc:
+        raise UsageError(f"keygen: cannot write {exc.filename}: {exc.strerror}") from exc
+    print(key.public_key.to_b64url())
+    return EXIT_OK
+
+
+def cmd_hdp_issue(args: argparse.Namespace) -> int:
+    key = _private_key(args.key)
+    token = hdp.issue_root(
+        key=key,
+        principal_id=args.principal,
+        principal_id_type=args.principal_type,
+        session_id=args.session,
+        intent=args.intent,
+        data_classification=args.data_classification,
+        authorized_tools=args.tool or None,
+        max_hops=args.max_hops,
+        issued_at_ms=_now_ms(),
+        ttl_ms=args.ttl * 1000,
+        profile=_profile(args.bind_agent),
+    )
+    print(token.to_json())
+    return EXIT_OK
+
+
+def _profile(bindings: list[str] | None) -> hdp.TallystickProfile | None:
+    """The Tallystick profile binding ``AGENT_ID=KEY`` pairs, or None without any."""
+    if not bindings:
+        return None
+    agents: dict[str, PublicKey] = {}
+    for binding in bindings:
+        agent_id, sep, key = binding.partition("=")
+        if not sep or not agent_id or agent_id in agents:
+            raise UsageError(f"--bind-agent: expected a distinct AGENT_ID=KEY, got {binding!r}")
+        agents[agent_id] = _public_key(key)
+    return hdp.TallystickProfile.for_agents(agents)
+
+
+def cmd_hdp_extend(args: argparse.Namespace) -> int:
+    key = _private_key(args.key)
+    agent_key = _private_key(args.agent_key) if args.agent_key else None
+    raw = _read_input(args.token, what="token", is_literal=_is_json_literal)
+    try:
+        token = hdp.HdpToken.from_json(raw)
+        extended = hdp.extend(
+            token,
+            key=key,
+            agent_id=args.agent_id,
+            agent_type=args.agent_type,
+            action_summary=args.action,
+            timestamp_ms=_now_ms(),
+            agent_key=agent_key,
+        )
+    except TallystickError as exc:
+        print(f"tallystick: hdp extend: {exc.code}: {exc.detail}", file=sys.stderr)
+        return EXIT_REJECTED
+    print(extended.to_json())
+    return EXIT_OK
+
+
+def cmd_hdp_verify(args: argparse.Namespace) -> int:
+    public_key = _public_key(args.public_key)
+    raw = _read_input(args.token, what="token", is_literal=_is_json_literal)
+    try:
+        verified = hdp.verify(
+            raw,
+            public_key=public_key,
+            accept_legacy_hdp01=args.accept_legacy_hdp01,
+            profile=args.profile,
+        )
+    except TallystickError as exc:
+        return _report(Verdict.rejected("hdp", exc), as_json=args.json, summary="")
+    if args.session is not None and verified.token.session_id != args.session:
+        verdict = Verdict(
+            False, "hdp", "hdp.session_mismatch", None, "session: token belongs to another session"
+        )
+        return _report(verdict, as_json=args.json, summary="")
+    findings = "; ".join(verified.findings)
+    detail = f"{verified.hop_count} hop(s), {verified.generation}"
+    if verified.profile_verified:
+        detail += ", tallystick profile verified"
+    if findings:
+        detail += f"; {findings}"
+    verdict = Verdict(True, "hdp", None, None, detail)
+    return _report(
+        verdict, as_json=args.json, summary=f"hdp token {verified.token.token_id}: {detail}"
+    )
+
+
+def cmd_aip_issue(args: argparse.Namespace) -> int:
+    key = _private_key(args.key)
+    now = int(time.time())
+    if args.chained:
+        token = aip.issue_chained(
+            key=key,
+            scopes=args.scope,
+            max_depth=3 if args.max_depth is None else args.max_depth,
+            budget_cents=None if args.budget_usd is None else round(args.budget_usd * 100),
+            issued_at=now,
+            ttl_s=args.ttl,
+            principal=args.subject,
+        )
+    else:
+        token = aip.issue_compact(
+            key=key,
+            subject=args.subject,
+            scopes=args.scope,
+            max_depth=0 if args.max_depth is None else args.max_depth,
+            budget_usd=args.budget_usd,
+            issued_at=now,
+            ttl_s=args.ttl,
+            audience=args.audience,
+        )
+    print(token)
+    return EXIT_OK
+
+
+def cmd_aip_delegate(args: argparse.Namespace) -> int:
+    key = _private_key(args.key)
+    raw = _read_input(args.token, what="token", is_literal=_is_aip_literal)
+    try:
+        root_key = _public_key(args.public_key) if args.public_key else aip.unverified_root_key(raw)
+        token = aip.delegate_chained(
+            raw,
+            root_public_key=root_key,
+            delegator_key=key,
+            delegate=args.delegate,
+            scopes=args.scope,
+            context=args.context,
+            budget_cents=None if args.budget_usd is None else round(args.budget_usd * 100),
+        )
+    except TallystickError as exc:
+        print(f"tallystick: aip delegate: {exc.code}: {exc.detail}", file=sys.stderr)
+        return EXIT_REJECTED
+    print(token)
+    return EXIT_OK
+
+
+def cmd_aip_verify(args: argparse.Namespace) -> int:
+    public_key = _public_key(args.public_key)
+    raw = _read_input(args.token, what="token", is_literal=_is_aip_literal)
+    fmt = "aip-compact" if raw.startswith("eyJ") else "aip-chained"
+    try:
+        verified = aip.verify(
+            raw,
+            public_key=public_key,
+            now=int(time.time()),
+            tool=args.tool,
+            audience=args.audience,
+        )
+    except TallystickError as exc:
+        return _report(Verdict.rejected(fmt, exc), as_json=args.json, summary="")
+    detail = (
+        f"issuer {verified.issuer}, depth {verified.depth}, scopes {', '.join(verified.scopes)}"
+    )
+    if args.tool:
+        detail += f"; tool {args.tool} authorised"
+    verdict = Verdict(True, verified.format, None, None, detail)
+    return _report(verdict, as_json=args.json, summary=f"{verified.format} token: {detail}")
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every offline command."""
+    parser = argparse.ArgumentParser(
+        prog="tallystick",
+        description="Offline audit tools: keys, HDP and AIP delegation tokens.",
+        epilog="Exit codes: 0 valid/success, 1 checked and rejected, 2 usage or input error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keygen = commands.add_parser("keygen", help="create an Ed25519 key pair")
+    keygen.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="private key (PEM, mode 0600); PATH.pub gets the public key",
+    )
+    keygen.set_defaults(handler=cmd_keygen)
+
+    key_help = "64 hex or 43 base64url characters, or a .pub / PEM file"
+    token_help = "the token, a file holding it, or - for standard input"
+
+    hdp_parser = commands.add_parser("hdp", help="HDP delegation tokens")
+    hdp_commands = hdp_parser.add_subparsers(dest="hdp_command", required=True, metavar="COMMAND")
+
+    issue = hdp_commands.add_parser("issue", help="issue a root token (prints JSON)")
+    issue.add_argument("--key", required=True, metavar="PATH", help="issuer private key (PEM)")
+    issue.add_argument("--principal", required=True, metavar="ID", help="the human principal's id")
+    issue.add_argument(
+        "--principal-type",
+        default="opaque",
+        metavar="TYPE",
+        help="email, uuid, did, poh, opaque or x-... (default opaque)",
+    )
+    issue.add_argument("--session", required=True, metavar="SID", help="session id")
+    issue.add_argument(
+        "--intent", required=True, metavar="TEXT", help="what the principal asked for"
+    )
+    issue.add_argument(
+        "--tool", action="append", metavar="NAME", help="an authorised tool (repeatable)"
+    )
+    issue.add_argument("--max-hops", type=_positive, metavar="N", help="maximum chain length")
+    issue.add_argument(
+        "--data-classification",
+        default="internal",
+        choices=["public", "internal", "confidential", "restricted"],
+    )
+    issue.add_argument(
+        "--ttl", type=_positive, default=86_400, metavar="SECONDS", help="lifetime (default 86400)"
+    )
+    issue.add_argument(
+        "--bind-agent",
+        action="append",
+        metavar="AGENT_ID=KEY",
+        help="issue a Tallystick-profile token whose hops AGENT_ID must co-sign with KEY "
+        "(repeatable; plain HDP verifiers still accept the token)",
+    )
+    issue.set_defaults(handler=cmd_hdp_issue)
+
+    extend = hdp_commands.add_parser("extend", help="append a signed hop (prints JSON)")
+    extend.add_argument("token", metavar="TOKEN", help=token_help)
+    extend.add_argument("--key", required=True, metavar="PATH", help="issuer private key (PEM)")
+    extend.add_argument("--agent-id", required=True, metavar="ID")
+    extend.add_argument(
+        "--agent-type",
+        default="sub-agent",
+        choices=["orchestrator", "sub-agent", "tool-executor", "custom"],
+    )
+    extend.add_argument("--action", required=True, metavar="TEXT", help="action summary")
+    extend.add_argument(
+        "--agent-key", metavar="PATH", help="the agent's own key (Tallystick profile tokens)"
+    )
+    extend.set_defaults(handler=cmd_hdp_extend)
+
+    verify = hdp_commands.add_parser("verify", help="verify a token (draft-03 steps 0-5)")
+    verify.add_argument("token", metavar="TOKEN", help=token_help)
+    verify.add_argument("--public-key", required=True, metavar="KEY", help=key_help)
+    verify.add_argument("--session", metavar="SID", help="also require this session id")
+    verify.add_argument(
+        "--profile",
+        default="auto",
+        choices=["auto", "require", "off"],
+        help="Tallystick profile checks (default auto)",
+    )
+    verify.add_argument(
+        "--accept-legacy-hdp01",
+        action="store_true",
+        help="also accept the SDK 0.1.x signing payload",
+    )
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.set_defaults(handler=cmd_hdp_verify)
+
+    aip_parser = commands.add_parser("aip", help="AIP capability tokens")
+    aip_commands = aip_parser.add_subparsers(dest="aip_command", required=True, metavar="COMMAND")
+
+    aissue = aip_commands.add_parser(
+        "issue", help="issue a compact (JWT) or chained (Biscuit) token"
+    )
+    aissue.add_argument("--key", required=True, metavar="PATH", help="issuer private key (PEM)")
+    aissue.add_argument(
+        "--subject",
+        required=True,
+        metavar="ID",
+        help="compact: the sub claim; chained: the principal fact",
+    )
+    aissue.add_argument(
+        "--scope", required=True, action="append", metavar="S", help="e.g. tool:search (repeatable)"
+    )
+    aissue.add_argument(
+        "--max-depth",
+        type=_non_negative,
+        metavar="N",
+        help="further delegations allowed (default 0 compact, 3 chained)",
+    )
+    aissue.add_argument("--budget-usd", type=_usd, metavar="X")
+    aissue.add_argument(
+        "--ttl", type=_positive, default=3600, metavar="SECONDS", help="lifetime (default 3600)"
+    )
+    aissue.add_argument(
+        "--audience", metavar="AUD", help="bind a compact token to one verifier (aud)"
+    )
+    aissue.add_argument("--chained", action="store_true", help="issue a Biscuit chained token")
+    aissue.set_defaults(handler=cmd_aip_issue)
+
+    delegate = aip_commands.add_parser(
+        "delegate", help="append an attenuated delegation (chained mode)"
+    )
+    delegate.add_argument("token", metavar="TOKEN", help=token_help)
+    delegate.add_argument(
+        "--key", required=True, metavar="PATH", help="the delegator's private key (PEM)"
+    )
+    delegate.add_argument("--delegate", required=True, metavar="ID")
+    delegate.add_argument("--scope", required=True, action="append", metavar="S")
+    delegate.add_argument(
+        "--context", required=True, metavar="TEXT", help="why (must not be empty)"
+    )
+    delegate.add_argument("--budget-usd", type=_usd, metavar="X")
+    delegate.add_argument(
+        "--public-key",
+        metavar="KEY",
+        help=f"root key ({key_help}); default: the issuer's aip:key identity",
+    )
+    delegate.set_defaults(handler=cmd_aip_delegate)
+
+    averify = aip_commands.add_parser("verify", help="verify a compact or chained token (V1-V7)")
+    averify.add_argument("token", metavar="TOKEN", help=token_help)
+    averify.add_argument("--public-key", required=True, metavar="KEY", help=key_help)
+    averify.add_argument("--tool", metavar="NAME", help="authorise this tool invocation")
+    averify.add_argument("--audience", metavar="AUD", help="this verifier's audience name")
+    averify.add_argument("--json", action="store_true", help="print one JSON object")
+    averify.set_defaults(handler=cmd_aip_verify)
+    return parser
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"tallystick: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except UsageError as exc:
+        _fail(str(exc))
+    except TallystickError as exc:
+        _fail(f"{exc.code}: {exc.detail}")
