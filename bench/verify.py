@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 from aip_core.crypto import KeyPair
 from aip_token.chained import ChainedToken
+from aip_token.claims import AipClaims
 from aip_token.compact import CompactToken
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hdp_autogen.verify import verify_chain
 from tallystick.verifier import aip, hdp, merkle
 from tallystick.verifier.keys import PrivateKey
@@ -48,16 +49,34 @@ class Row:
         return f"| {self.name:<34} | {ours} | {theirs:>10} | {ratio:>7} | {self.baseline} |"
 
 
+def _batch_us(fn: Callable[[], object], batch: int) -> float:
+    start = time.perf_counter()
+    for _ in range(batch):
+        fn()
+    return (time.perf_counter() - start) / batch * 1e6
+
+
 def median_us(fn: Callable[[], object], *, batch: int, samples: int) -> float:
     """Median over ``samples`` batches of the per-call time, in microseconds."""
     fn()  # warm caches, and fail fast if it raises
-    timings = []
+    return statistics.median(_batch_us(fn, batch) for _ in range(samples))
+
+
+def paired_us(
+    ours: Callable[[], object], theirs: Callable[[], object], *, batch: int, samples: int
+) -> tuple[float, float]:
+    """Medians of ours and theirs, measured in alternating batches.
+
+    Alternating means both sides see the same background load on a noisy machine, so the
+    ratio of the medians is steadier than two separate runs would give.
+    """
+    ours()
+    theirs()
+    ours_us, theirs_us = [], []
     for _ in range(samples):
-        start = time.perf_counter()
-        for _ in range(batch):
-            fn()
-        timings.append((time.perf_counter() - start) / batch)
-    return statistics.median(timings) * 1e6
+        ours_us.append(_batch_us(ours, batch))
+        theirs_us.append(_batch_us(theirs, batch))
+    return statistics.median(ours_us), statistics.median(theirs_us)
 
 
 def hdp_rows(batch: int, samples: int) -> list[Row]:
@@ -87,11 +106,11 @@ def hdp_rows(batch: int, samples: int) -> list[Row]:
         text = token.to_json()
         assert hdp.verify(text, public_key=key.public_key).hop_count == hops
         assert verify_chain(text, reference_key).valid
-        ours = median_us(
-            lambda t=text: hdp.verify(t, public_key=key.public_key), batch=batch, samples=samples
-        )
-        theirs = median_us(
-            lambda t=text: verify_chain(t, reference_key), batch=batch, samples=samples
+        ours, theirs = paired_us(
+            lambda t=text: hdp.verify(t, public_key=key.public_key),
+            lambda t=text: verify_chain(t, reference_key),
+            batch=batch,
+            samples=samples,
         )
         rows.append(Row(f"HDP verify, {hops} hops", ours, theirs, "hdp-autogen 0.2.0"))
     return rows
@@ -99,7 +118,6 @@ def hdp_rows(batch: int, samples: int) -> list[Row]:
 
 def aip_rows(batch: int, samples: int) -> list[Row]:
     key = PrivateKey.from_seed(bytes(range(1, 33)))
-    reference_pair = KeyPair.generate()
     now = int(time.time())
     rows = []
 
@@ -111,12 +129,8 @@ def aip_rows(batch: int, samples: int) -> list[Row]:
     )
     assert aip.verify(compact, public_key=key.public_key, now=now).format == "aip-compact"
     CompactToken.verify(reference_compact, key.public_key.raw)
-    ours = median_us(
+    ours, theirs = paired_us(
         lambda: aip.verify(compact, public_key=key.public_key, now=now),
-        batch=batch,
-        samples=samples,
-    )
-    theirs = median_us(
         lambda: CompactToken.verify(reference_compact, key.public_key.raw),
         batch=batch,
         samples=samples,
@@ -137,12 +151,8 @@ def aip_rows(batch: int, samples: int) -> list[Row]:
             )
         assert aip.verify(token, public_key=key.public_key, now=now, tool=TOOL).depth == depth
         ChainedToken.from_base64(token, key.public_key.raw).authorize(TOOL, key.public_key.raw)
-        ours = median_us(
+        ours, theirs = paired_us(
             lambda t=token: aip.verify(t, public_key=key.public_key, now=now, tool=TOOL),
-            batch=batch,
-            samples=samples,
-        )
-        theirs = median_us(
             lambda t=token: ChainedToken.from_base64(t, key.public_key.raw).authorize(
                 TOOL, key.public_key.raw
             ),
@@ -152,19 +162,14 @@ def aip_rows(batch: int, samples: int) -> list[Row]:
         rows.append(
             Row(f"AIP chained verify, depth {depth}", ours, theirs, "agent-identity-protocol 0.6.0")
         )
-    del reference_pair
     return rows
 
 
 def _reference_pair(key: PrivateKey) -> KeyPair:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     return KeyPair(Ed25519PrivateKey.from_private_bytes(key.seed()))
 
 
-def _reference_claims(issuer: str, now: int) -> object:
-    from aip_token.claims import AipClaims
-
+def _reference_claims(issuer: str, now: int) -> AipClaims:
     return AipClaims(
         iss=issuer,
         sub="aip:web:example.com/agent",

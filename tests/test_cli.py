@@ -433,3 +433,19 @@ def test_hdp_profile_binds_agents(keys: Path, capsys: pytest.CaptureFixture[str]
     code, _, err = run(capsys, "hdp", "issue", "--key", str(keys / "issuer.pem"), "--principal",
                        "a", "--session", "s", "--intent", "i", "--bind-agent", "nokey")  # fmt: skip
     assert code == 2 and "AGENT_ID=KEY" in err
+
+
+def test_audience_is_for_compact_tokens(keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = str(keys / "issuer.pem")
+    code, _, err = run(capsys, "aip", "issue", "--key", key, "--subject", "s", "--scope", "x",
+                       "--chained", "--audience", "api.example.com")  # fmt: skip
+    assert code == 2 and "compact tokens only" in err
+    code, out, _ = run(capsys, "aip", "issue", "--key", key, "--subject", "s", "--scope",
+                       "tool:x", "--audience", "api.example.com")  # fmt: skip
+    assert code == 0
+    token, pub = out.strip(), str(keys / "issuer.pem.pub")
+    code, out, _ = run(capsys, "aip", "verify", token, "--public-key", pub, "--json")
+    assert code == 1 and json.loads(out)["code"] == "aip.audience_mismatch"
+    code, out, _ = run(capsys, "aip", "verify", token, "--public-key", pub, "--audience",
+                       "api.example.com", "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["valid"] is True

@@ -257,6 +257,8 @@ def cmd_aip_issue(args: argparse.Namespace) -> int:
     key = _private_key(args.key)
     now = int(time.time())
     if args.chained:
+        if args.audience is not None:
+            raise UsageError("aip issue: --audience applies to compact tokens only")
         token = aip.issue_chained(
             key=key,
             scopes=args.scope,
