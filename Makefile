@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,daemon]'
 	# The reference implementations, as test-only oracles. hdp-autogen's signing and
 	# verification modules need only cryptography and jcs, not AutoGen.
 	$(PY) -m pip install --quiet --no-deps hdp-autogen==0.2.0

@@ -9,7 +9,7 @@ import types
 import pytest
 import tallystick.verifier
 
-PUBLIC_MODULES = ["aip", "canonical", "checkpoint", "errors", "hdp", "keys", "merkle"]
+PUBLIC_MODULES = ["aip", "canonical", "checkpoint", "errors", "hdp", "keys", "logentry", "merkle"]
 
 
 def test_package_exports_the_task_named_modules() -> None:

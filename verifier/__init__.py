@@ -28,12 +28,23 @@ Modules:
 - :mod:`~tallystick.verifier.aip`: AIP capability tokens, compact (JWT) and chained (Biscuit).
 - :mod:`~tallystick.verifier.merkle`: RFC 9162 Merkle trees, inclusion and consistency proofs.
 - :mod:`~tallystick.verifier.checkpoint`: C2SP signed notes and log checkpoints.
+- :mod:`~tallystick.verifier.logentry`: the exact bytes and kinds of log entries.
 
 ``tallystick.verifier._internal`` holds machinery with no compatibility promise.
 """
 
-from . import aip, canonical, checkpoint, errors, hdp, keys, merkle
+from . import aip, canonical, checkpoint, errors, hdp, keys, logentry, merkle
 
-__all__ = ["__version__", "aip", "canonical", "checkpoint", "errors", "hdp", "keys", "merkle"]
+__all__ = [
+    "__version__",
+    "aip",
+    "canonical",
+    "checkpoint",
+    "errors",
+    "hdp",
+    "keys",
+    "logentry",
+    "merkle",
+]
 
 __version__ = "0.1.0"

@@ -1,0 +1,241 @@
+"""The entries of Tallystick's append-only log: their exact bytes, and what each kind holds.
+
+An entry's bytes are the RFC 8785 canonical JSON of::
+
+    {"v": 1, "index": n, "prev": "<hex leaf hash of entry n-1, or 64 zeros>",
+     "kind": "call" | "delegation" | "revocation" | "audit" | "key_rotation",
+     "time_ms": <ms since the epoch>, "agent": "<identity from the transport>",
+     "body": {...}}
+
+Those bytes are both a link of the hash chain (the next entry names their leaf
+hash in ``prev``) and an RFC 9162 leaf (``merkle.hash_leaf(bytes)``), stored
+verbatim so both can be recomputed offline. :meth:`LogEntry.from_bytes` refuses
+bytes that are not exactly canonical, so an entry has one encoding only.
+
+``body`` is validated per kind: a ``call`` carries :class:`CallBody` (usage as the
+OpenTelemetry GenAI conventions name it, unknown as null, never 0); the other
+kinds carry protocol objects (tokens, reports) that their own modules verify.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any, Final
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from .canonical import MAX_SAFE_INTEGER, canonicalize, parse_json
+from .errors import MalformedInput
+from .merkle import hash_leaf
+
+__all__ = [
+    "ENTRY_VERSION",
+    "GENESIS_PREV",
+    "MAX_ENTRY_BYTES",
+    "CallBody",
+    "Cost",
+    "EntryKind",
+    "LogEntry",
+    "Usage",
+]
+
+ENTRY_VERSION: Final = 1
+#: ``prev`` of entry 0: there is no entry before it.
+GENESIS_PREV: Final = bytes(32)
+#: An entry must fit a C2SP tile entry bundle (uint16 length prefix).
+MAX_ENTRY_BYTES: Final = 65_535
+
+_MALFORMED = "log.entry_malformed"
+_HEX64_LENGTH = 64
+
+
+class EntryKind(StrEnum):
+    """What an entry records."""
+
+    CALL = "call"
+    DELEGATION = "delegation"
+    REVOCATION = "revocation"
+    AUDIT = "audit"
+    KEY_ROTATION = "key_rotation"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_Count = StrictInt | None
+
+
+class Usage(_Strict):
+    """Token counts of one call; ``None`` means the provider did not say (never 0)."""
+
+    input_tokens: _Count = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
+    cache_read_input_tokens: _Count = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
+    cache_creation_input_tokens: _Count = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
+    output_tokens: _Count = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
+    reasoning_output_tokens: _Count = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
+
+    @model_validator(mode="after")
+    def _subsets(self) -> Usage:
+        # usage_accounting.md §7.1: cache counts are subsets of input, reasoning of output.
+        cached = (self.cache_read_input_tokens or 0) + (self.cache_creation_input_tokens or 0)
+        if self.input_tokens is not None and cached > self.input_tokens:
+            raise ValueError("cache_read + cache_creation input tokens exceed input_tokens")
+        reasoning = self.reasoning_output_tokens
+        if (
+            self.output_tokens is not None
+            and reasoning is not None
+            and reasoning > self.output_tokens
+        ):
+            raise ValueError("reasoning_output_tokens exceed output_tokens")
+        return self
+
+
+class Cost(_Strict):
+    """A cost as a decimal string (never a float) and an ISO 4217 currency code."""
+
+    amount: StrictStr = Field(pattern=r"^(0|[1-9][0-9]{0,15})(\.[0-9]{1,12})?$")
+    currency: StrictStr = Field(pattern=r"^[A-Z]{3}$")
+
+    def decimal(self) -> Decimal:
+        """The amount as a :class:`~decimal.Decimal`."""
+        try:
+            return Decimal(self.amount)
+        except InvalidOperation as exc:  # unreachable past the pattern; kept as a guard
+            raise MalformedInput("cost: not a decimal", code=_MALFORMED) from exc
+
+
+class CallBody(_Strict):
+    """One LLM or tool call. Prompt and response appear only as SHA-256 hashes."""
+
+    provider: StrictStr = Field(min_length=1, max_length=128)
+    model: StrictStr = Field(min_length=1, max_length=256)
+    request_id: StrictStr | None = Field(default=None, max_length=256)
+    usage: Usage
+    cost: Cost | None = None
+    latency_ms: StrictInt | None = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
+    request_sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    response_sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    #: The HDP token id or AIP jti that authorised the call, when one was presented.
+    delegation_id: StrictStr | None = Field(default=None, max_length=256)
+    principal: StrictStr | None = Field(default=None, max_length=256)
+    session_id: StrictStr | None = Field(default=None, max_length=256)
+
+
+def _check_body(kind: EntryKind, body: Any) -> None:
+    if not isinstance(body, dict):
+        raise MalformedInput("log entry: body must be an object", code=_MALFORMED)
+    if kind is EntryKind.CALL:
+        try:
+            CallBody.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise MalformedInput(
+                f"log entry: call body {where}: {first['msg']}", code=_MALFORMED
+            ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One log entry. Build with the constructor; parse stored bytes with :meth:`from_bytes`.
+
+    :raises MalformedInput: on construction, for fields out of range or a body that does
+        not fit its kind (code ``log.entry_malformed``).
+    """
+
+    index: int
+    prev: bytes
+    kind: EntryKind
+    time_ms: int
+    agent: str
+    body: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if type(self.index) is not int or not 0 <= self.index <= MAX_SAFE_INTEGER:
+            raise MalformedInput("log entry: index out of range", code=_MALFORMED)
+        if type(self.time_ms) is not int or not 0 <= self.time_ms <= MAX_SAFE_INTEGER:
+            raise MalformedInput("log entry: time_ms out of range", code=_MALFORMED)
+        if not isinstance(self.prev, bytes) or len(self.prev) != 32:
+            raise MalformedInput("log entry: prev must be 32 bytes", code=_MALFORMED)
+        if not isinstance(self.kind, EntryKind):
+            raise MalformedInput("log entry: unknown kind", code=_MALFORMED)
+        if not isinstance(self.agent, str) or not 0 < len(self.agent) <= 256:
+            raise MalformedInput("log entry: agent must be 1-256 characters", code=_MALFORMED)
+        _check_body(self.kind, self.body)
+
+    def to_bytes(self) -> bytes:
+        """The canonical bytes: the hash-chain link and the Merkle leaf.
+
+        :raises MalformedInput: the entry is larger than :data:`MAX_ENTRY_BYTES`.
+        """
+        raw = canonicalize(
+            {
+                "v": ENTRY_VERSION,
+                "index": self.index,
+                "prev": self.prev.hex(),
+                "kind": self.kind.value,
+                "time_ms": self.time_ms,
+                "agent": self.agent,
+                "body": self.body,
+            }
+        )
+        if len(raw) > MAX_ENTRY_BYTES:
+            raise MalformedInput(
+                f"log entry: larger than {MAX_ENTRY_BYTES} bytes", code="log.entry_too_large"
+            )
+        return raw
+
+    @property
+    def leaf_hash(self) -> bytes:
+        """``SHA-256(0x00 || bytes)``: the RFC 9162 leaf hash, and the next entry's ``prev``."""
+        return hash_leaf(self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> LogEntry:
+        """Parse stored entry bytes, which must be exactly canonical.
+
+        :raises MalformedInput: ``log.entry_malformed`` (not an entry) or
+            ``log.entry_not_canonical`` (an entry, but not in its one encoding).
+        """
+        if not isinstance(raw, bytes) or len(raw) > MAX_ENTRY_BYTES:
+            raise MalformedInput("log entry: not bytes, or too large", code=_MALFORMED)
+        data = parse_json(raw)
+        if not isinstance(data, dict) or set(data) != {
+            "v",
+            "index",
+            "prev",
+            "kind",
+            "time_ms",
+            "agent",
+            "body",
+        }:
+            raise MalformedInput("log entry: wrong members", code=_MALFORMED)
+        if data["v"] != ENTRY_VERSION or type(data["v"]) is not int:
+            raise MalformedInput(f"log entry: unsupported version {data['v']!r}", code=_MALFORMED)
+        prev = data["prev"]
+        if not isinstance(prev, str) or len(prev) != _HEX64_LENGTH or prev != prev.lower():
+            raise MalformedInput(
+                "log entry: prev must be 64 lowercase hex characters", code=_MALFORMED
+            )
+        try:
+            prev_bytes = bytes.fromhex(prev)
+            kind = EntryKind(data["kind"])
+        except (ValueError, TypeError) as exc:
+            raise MalformedInput("log entry: bad prev or kind", code=_MALFORMED) from exc
+        entry = cls(data["index"], prev_bytes, kind, data["time_ms"], data["agent"], data["body"])
+        if entry.to_bytes() != raw:
+            raise MalformedInput(
+                "log entry: bytes are not canonical", code="log.entry_not_canonical"
+            )
+        return entry
