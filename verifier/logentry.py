@@ -34,7 +34,8 @@ from pydantic import (
     model_validator,
 )
 
-from .canonical import MAX_SAFE_INTEGER, canonicalize, parse_json
+from . import canonical
+from .canonical import canonicalize, parse_json
 from .errors import MalformedInput
 from .merkle import hash_leaf
 
@@ -79,11 +80,11 @@ _Count = StrictInt | None
 class Usage(_Strict):
     """Token counts of one call; ``None`` means the provider did not say (never 0)."""
 
-    input_tokens: _Count = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
-    cache_read_input_tokens: _Count = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
-    cache_creation_input_tokens: _Count = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
-    output_tokens: _Count = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
-    reasoning_output_tokens: _Count = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
+    input_tokens: _Count = Field(default=None, ge=0, le=canonical.MAX_SAFE_INTEGER)
+    cache_read_input_tokens: _Count = Field(default=None, ge=0, le=canonical.MAX_SAFE_INTEGER)
+    cache_creation_input_tokens: _Count = Field(default=None, ge=0, le=canonical.MAX_SAFE_INTEGER)
+    output_tokens: _Count = Field(default=None, ge=0, le=canonical.MAX_SAFE_INTEGER)
+    reasoning_output_tokens: _Count = Field(default=None, ge=0, le=canonical.MAX_SAFE_INTEGER)
 
     @model_validator(mode="after")
     def _subsets(self) -> Usage:
@@ -123,7 +124,7 @@ class CallBody(_Strict):
     request_id: StrictStr | None = Field(default=None, max_length=256)
     usage: Usage
     cost: Cost | None = None
-    latency_ms: StrictInt | None = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
+    latency_ms: StrictInt | None = Field(default=None, ge=0, le=canonical.MAX_SAFE_INTEGER)
     request_sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     response_sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     #: The HDP token id or AIP jti that authorised the call, when one was presented.
@@ -162,9 +163,9 @@ class LogEntry:
     body: dict[str, Any]
 
     def __post_init__(self) -> None:
-        if type(self.index) is not int or not 0 <= self.index <= MAX_SAFE_INTEGER:
+        if type(self.index) is not int or not 0 <= self.index <= canonical.MAX_SAFE_INTEGER:
             raise MalformedInput("log entry: index out of range", code=_MALFORMED)
-        if type(self.time_ms) is not int or not 0 <= self.time_ms <= MAX_SAFE_INTEGER:
+        if type(self.time_ms) is not int or not 0 <= self.time_ms <= canonical.MAX_SAFE_INTEGER:
             raise MalformedInput("log entry: time_ms out of range", code=_MALFORMED)
         if not isinstance(self.prev, bytes) or len(self.prev) != 32:
             raise MalformedInput("log entry: prev must be 32 bytes", code=_MALFORMED)
