@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint typecheck pytest wheel-check bench clean
+.PHONY: run demo test lint typecheck pytest wheel-check bench proto clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet agent-identity-protocol==0.6.0
 	touch $(STAMP)
 
-## run: the main job: make demo keys and tokens under var/demo and verify them offline
+## run: the main job: start tallystickd (SQLite log in ./var) and print how to record a first call
 run: $(STAMP)
+	bash scripts/run.sh $(VENV)/bin
+
+## demo: the offline token demo: keys and tokens under var/demo, verified offline
+demo: $(STAMP)
 	bash scripts/demo.sh $(VENV)/bin
 
 ## test: lint, type-check, the test suite, and an install of the built wheel into a clean venv
@@ -26,6 +30,11 @@ test: lint typecheck pytest wheel-check
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	bash scripts/check_proto.sh $(PY)
+
+## proto: regenerate daemon/_proto from proto/ (CI fails if the committed code is stale)
+proto: $(STAMP)
+	bash scripts/gen_proto.sh $(PY)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy verifier

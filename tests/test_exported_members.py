@@ -9,7 +9,17 @@ import types
 import pytest
 import tallystick.verifier
 
-PUBLIC_MODULES = ["aip", "canonical", "checkpoint", "errors", "hdp", "keys", "logentry", "merkle"]
+PUBLIC_MODULES = [
+    "aip",
+    "canonical",
+    "checkpoint",
+    "errors",
+    "hdp",
+    "keys",
+    "logbundle",
+    "logentry",
+    "merkle",
+]
 
 
 def test_package_exports_the_task_named_modules() -> None:

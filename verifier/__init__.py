@@ -29,11 +29,12 @@ Modules:
 - :mod:`~tallystick.verifier.merkle`: RFC 9162 Merkle trees, inclusion and consistency proofs.
 - :mod:`~tallystick.verifier.checkpoint`: C2SP signed notes and log checkpoints.
 - :mod:`~tallystick.verifier.logentry`: the exact bytes and kinds of log entries.
+- :mod:`~tallystick.verifier.logbundle`: offline verification of an exported log bundle.
 
 ``tallystick.verifier._internal`` holds machinery with no compatibility promise.
 """
 
-from . import aip, canonical, checkpoint, errors, hdp, keys, logentry, merkle
+from . import aip, canonical, checkpoint, errors, hdp, keys, logbundle, logentry, merkle
 
 __all__ = [
     "__version__",
@@ -43,6 +44,7 @@ __all__ = [
     "errors",
     "hdp",
     "keys",
+    "logbundle",
     "logentry",
     "merkle",
 ]

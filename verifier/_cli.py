@@ -3,6 +3,15 @@
 Exit codes: 0 valid or success; 1 the input was checked and rejected; 2 a
 usage or input error (unreadable file, malformed key, bad option). Every
 argument that names a token or file takes ``-`` for standard input.
+
+Other installed packages add subcommands through the ``tallystick.cli`` entry-point
+group: each entry point names a callable ``register(groups)``, which
+:func:`build_parser` calls with ``{"": <top-level subparsers>, "log": <log subparsers>}``
+(``argparse._SubParsersAction`` objects) so it can ``add_parser`` under either. A
+subcommand sets ``handler=<callable(args) -> exit code>`` with ``set_defaults``; a
+:class:`~tallystick.verifier.errors.TallystickError` it raises exits 2. An entry point
+whose import fails (for instance the daemon's, in a verifier-only install without grpc)
+is skipped, so the offline commands always work.
 """
 
 from __future__ import annotations
@@ -12,12 +21,13 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, aip, hdp
+from . import __version__, aip, hdp, logbundle
 from .errors import KeyInvalid, TallystickError
 from .keys import PrivateKey, PublicKey, load_private_key, load_public_key, save_private_key
 
@@ -27,6 +37,15 @@ EXIT_USAGE = 2
 
 #: Upper bound on what a command reads from a file or standard input.
 MAX_INPUT_BYTES = 4 << 20
+
+#: The entry-point group whose ``register(groups)`` callables add subcommands.
+PLUGIN_GROUP = "tallystick.cli"
+
+SubcommandGroups = dict[str, "argparse._SubParsersAction[argparse.ArgumentParser]"]
+"""Subcommand groups by name: ``""`` is the top level, ``"log"`` the ``log`` command's."""
+
+#: What a ``tallystick.cli`` entry point names: it adds its subcommands to the groups.
+Register = Callable[[SubcommandGroups], None]
 
 
 class UsageError(Exception):
@@ -327,14 +346,48 @@ def cmd_aip_verify(args: argparse.Namespace) -> int:
     return _report(verdict, as_json=args.json, summary=f"{verified.format} token: {detail}")
 
 
+def cmd_log_verify(args: argparse.Namespace) -> int:
+    log_key = _public_key(args.log_key)
+    if args.bundle == "-":
+        bundle = logbundle.Bundle.from_text(sys.stdin.buffer.read(logbundle.MAX_BUNDLE_BYTES + 1))
+    else:
+        bundle = logbundle.Bundle.from_path(args.bundle)
+    report = logbundle.verify_bundle(bundle, log_key=log_key, origin=args.origin)
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+    elif report.damage is None:
+        print(
+            f"valid: log {report.origin}: {report.size} entries, "
+            f"{report.checkpoints} checkpoint(s) verified"
+        )
+    else:
+        print(f"invalid: {report.damage}")
+    return EXIT_OK if report.valid else EXIT_REJECTED
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every offline command."""
+    """The argument parser for every offline command, plus the installed plugins' commands."""
+    return _build_parser(_load_plugins(entry_points(group=PLUGIN_GROUP)))
+
+
+def _load_plugins(points: Iterable[EntryPoint]) -> list[Register]:
+    """The ``register`` callables of ``points``, skipping those whose import fails."""
+    registers: list[Register] = []
+    for point in points:
+        try:
+            registers.append(point.load())
+        except ImportError:  # an optional part that is not installed here
+            continue
+    return registers
+
+
+def _build_parser(plugins: Iterable[Register]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tallystick",
-        description="Offline audit tools: keys, HDP and AIP delegation tokens.",
+        description="Offline audit tools: keys, HDP and AIP delegation tokens, log bundles.",
         epilog="Exit codes: 0 valid/success, 1 checked and rejected, 2 usage or input error.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -481,6 +534,28 @@ def build_parser() -> argparse.ArgumentParser:
     averify.add_argument("--audience", metavar="AUD", help="this verifier's audience name")
     averify.add_argument("--json", action="store_true", help="print one JSON object")
     averify.set_defaults(handler=cmd_aip_verify)
+
+    log_parser = commands.add_parser("log", help="the transparency log")
+    log_commands = log_parser.add_subparsers(dest="log_command", required=True, metavar="COMMAND")
+    lverify = log_commands.add_parser(
+        "verify",
+        help="verify an exported log bundle: entries, hash chain, tree, checkpoints, tokens",
+        epilog="Exit codes: 0 valid, 1 damage found (the first bad entry is named), "
+        "2 unreadable bundle or key.",
+    )
+    lverify.add_argument(
+        "bundle", metavar="BUNDLE", help="the bundle file, or - for standard input"
+    )
+    lverify.add_argument(
+        "--log-key", required=True, metavar="KEY", help=f"the log key ({key_help})"
+    )
+    lverify.add_argument("--origin", metavar="O", help="also require this checkpoint origin")
+    lverify.add_argument("--json", action="store_true", help="print one JSON object")
+    lverify.set_defaults(handler=cmd_log_verify)
+
+    groups: SubcommandGroups = {"": commands, "log": log_commands}
+    for register in plugins:
+        register(groups)
     return parser
 
 

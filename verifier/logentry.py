@@ -15,6 +15,9 @@ bytes that are not exactly canonical, so an entry has one encoding only.
 ``body`` is validated per kind: a ``call`` carries :class:`CallBody` (usage as the
 OpenTelemetry GenAI conventions name it, unknown as null, never 0); the other
 kinds carry protocol objects (tokens, reports) that their own modules verify.
+A ``delegation`` body is a :class:`DelegationBody`: the token as issued, in its
+own format, and the issuer's public key, so an offline verifier can check the
+token's signatures (:mod:`~tallystick.verifier.logbundle` does).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -31,12 +34,14 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from . import canonical
 from .canonical import canonicalize, parse_json
-from .errors import MalformedInput
+from .errors import KeyInvalid, MalformedInput
+from .keys import PublicKey
 from .merkle import hash_leaf
 
 __all__ = [
@@ -45,6 +50,9 @@ __all__ = [
     "MAX_ENTRY_BYTES",
     "CallBody",
     "Cost",
+    "DelegationAction",
+    "DelegationBody",
+    "DelegationFormat",
     "EntryKind",
     "LogEntry",
     "Usage",
@@ -133,18 +141,97 @@ class CallBody(_Strict):
     session_id: StrictStr | None = Field(default=None, max_length=256)
 
 
+class DelegationFormat(StrEnum):
+    """The token format a ``delegation`` entry stores."""
+
+    HDP = "hdp"
+    AIP_COMPACT = "aip-compact"
+    AIP_CHAINED = "aip-chained"
+
+
+class DelegationAction(StrEnum):
+    """What the sidecar did to produce the stored token."""
+
+    #: A new root: an HDP root token or an AIP compact or chained token.
+    ISSUE = "issue"
+    #: An HDP token with one more hop.
+    EXTEND = "extend"
+    #: An AIP chained token with one more, narrower, delegation block.
+    ATTENUATE = "attenuate"
+
+
+#: An Ed25519 public key as ``.pub`` files write it: unpadded base64url of the 32 raw bytes.
+_B64URL_KEY_PATTERN = r"^[A-Za-z0-9_-]{43}$"
+
+
+class DelegationBody(_Strict):
+    """A ``delegation`` entry's body: a token exactly as issued, and the key that verifies it.
+
+    ``token`` is the HDP token's JSON object for ``hdp`` and the token text for the AIP
+    formats (a compact token starts with ``eyJ``, a chained one does not). ``issuer_key``
+    is the root issuer's public key (the HDP root signer, the AIP root key); ``audience``
+    is the ``aud`` a compact AIP token was issued for, if any.
+    """
+
+    format: DelegationFormat
+    action: DelegationAction
+    token: dict[str, Any] | StrictStr
+    issuer_key: StrictStr = Field(pattern=_B64URL_KEY_PATTERN)
+    audience: StrictStr | None = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("issuer_key")
+    @classmethod
+    def _key_decodes(cls, value: str) -> str:
+        try:
+            PublicKey.from_text(value)
+        except KeyInvalid as exc:  # e.g. non-canonical trailing bits
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _token_fits_format(self) -> Self:
+        if self.format is DelegationFormat.HDP:
+            if not isinstance(self.token, dict):
+                raise ValueError("an hdp token must be a JSON object")
+        elif not isinstance(self.token, str) or not self.token:
+            raise ValueError("an aip token must be a non-empty string")
+        elif self.token.startswith("eyJ") != (self.format is DelegationFormat.AIP_COMPACT):
+            raise ValueError("aip-compact tokens start with eyJ and aip-chained tokens do not")
+        if self.audience is not None and self.format is not DelegationFormat.AIP_COMPACT:
+            raise ValueError("audience applies to aip-compact tokens only")
+        return self
+
+    @property
+    def public_key(self) -> PublicKey:
+        """The issuer's public key."""
+        return PublicKey.from_text(self.issuer_key)
+
+    @classmethod
+    def from_body(cls, body: Any) -> Self:
+        """Validate a ``delegation`` entry's body.
+
+        :raises MalformedInput: the body does not fit (``log.entry_malformed``).
+        """
+        return _validate(cls, body, "delegation")
+
+
+_Model = TypeVar("_Model", bound=_Strict)
+
+
+def _validate(model: type[_Model], body: Any, what: str) -> _Model:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = " ".join([f"{what} body", ".".join(str(part) for part in first["loc"])]).rstrip()
+        raise MalformedInput(f"log entry: {where}: {first['msg']}", code=_MALFORMED) from exc
+
+
 def _check_body(kind: EntryKind, body: Any) -> None:
     if not isinstance(body, dict):
         raise MalformedInput("log entry: body must be an object", code=_MALFORMED)
     if kind is EntryKind.CALL:
-        try:
-            CallBody.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise MalformedInput(
-                f"log entry: call body {where}: {first['msg']}", code=_MALFORMED
-            ) from exc
+        _validate(CallBody, body, "call")
 
 
 @dataclass(frozen=True, slots=True)

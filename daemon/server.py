@@ -1,0 +1,694 @@
+"""tallystickd's gRPC server: the Ledger and Log services, health, reflection and the error table.
+
+Every handler takes the same path: parse the request bytes strictly (unknown fields refused),
+take the caller's identity from the socket the call arrived on (:mod:`.identity`), call the
+log, and map any :class:`~tallystick.verifier.errors.TallystickError` to a gRPC status through
+one table, :data:`STATUS_BY_CODE` then :data:`STATUS_BY_TYPE`. Every non-OK status carries the
+stable reason code as trailing metadata ``tallystick-reason``. Request content is never logged.
+
+One ``grpc.server`` serves each socket (the shared one and one per agent); all of them share
+one thread pool, one log and one health service.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final, TypeVar
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from pydantic import ValidationError
+from tallystick.verifier import errors
+from tallystick.verifier.checkpoint import SignedCheckpoint
+from tallystick.verifier.logentry import CallBody, EntryKind
+from tallystick.verifier.merkle import hash_leaf
+
+from ._proto import ledger_pb2, log_pb2
+from .config import Config
+from .errors import LogInconsistent, LogUnavailable
+from .identity import Caller, Listener, listeners, private_umask, secure_socket
+from .log import Log
+
+__all__ = [
+    "EXPORT_CHUNK_BYTES",
+    "MAX_ENTRIES_RESPONSE_BYTES",
+    "REASON_KEY",
+    "STATUS_BY_CODE",
+    "STATUS_BY_TYPE",
+    "Daemon",
+    "DaemonError",
+    "LedgerService",
+    "Limits",
+    "LogService",
+    "call_body",
+    "parse_request",
+    "status_for",
+]
+
+#: Trailing-metadata key of the stable reason code on every error status.
+REASON_KEY: Final = "tallystick-reason"
+#: GetEntries answers at most this many entry bytes (below gRPC's default 4 MiB client limit).
+MAX_ENTRIES_RESPONSE_BYTES: Final = 3 * 1024 * 1024
+EXPORT_CHUNK_BYTES: Final = 64 * 1024
+
+_LEDGER: Final = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"]
+_LOG: Final = log_pb2.DESCRIPTOR.services_by_name["Log"]
+_HEALTH: Final = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+_logger = structlog.get_logger("tallystickd")
+_Reply = TypeVar("_Reply")
+
+
+class DaemonError(errors.TallystickError):
+    """The daemon cannot start or serve: ``daemon.already_running``, ``daemon.bind_failed``."""
+
+    default_code = "daemon.error"
+
+
+_Status = grpc.StatusCode
+
+#: Exact reason codes whose status differs from their exception type's.
+STATUS_BY_CODE: Final[Mapping[str, grpc.StatusCode]] = {
+    "auth.no_agent_identity": _Status.PERMISSION_DENIED,
+    "log.size_out_of_range": _Status.OUT_OF_RANGE,
+    "log.start_out_of_range": _Status.OUT_OF_RANGE,
+    "merkle.index_out_of_range": _Status.OUT_OF_RANGE,
+    "merkle.bad_size": _Status.OUT_OF_RANGE,
+    "log.not_found": _Status.NOT_FOUND,
+}
+
+#: Status by exception type; the most specific class in an error's MRO wins.
+STATUS_BY_TYPE: Final[Mapping[type[errors.TallystickError], grpc.StatusCode]] = {
+    errors.MalformedInput: _Status.INVALID_ARGUMENT,
+    errors.UnsupportedVersion: _Status.INVALID_ARGUMENT,
+    errors.ChainBroken: _Status.INVALID_ARGUMENT,
+    errors.CheckpointInvalid: _Status.INVALID_ARGUMENT,
+    errors.ProofInvalid: _Status.INVALID_ARGUMENT,
+    errors.SignatureInvalid: _Status.UNAUTHENTICATED,
+    errors.IdentityUnresolvable: _Status.UNAUTHENTICATED,
+    errors.Expired: _Status.UNAUTHENTICATED,
+    errors.PolicyViolation: _Status.PERMISSION_DENIED,
+    errors.Revoked: _Status.PERMISSION_DENIED,
+    errors.ReplayDetected: _Status.PERMISSION_DENIED,
+    LogInconsistent: _Status.DATA_LOSS,
+    LogUnavailable: _Status.UNAVAILABLE,
+    DaemonError: _Status.UNAVAILABLE,
+    errors.TallystickError: _Status.INTERNAL,
+}
+
+
+def status_for(error: errors.TallystickError) -> grpc.StatusCode:
+    """The gRPC status of ``error``: by its exact code first, then by its closest type."""
+    if error.code in STATUS_BY_CODE:
+        return STATUS_BY_CODE[error.code]
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_TYPE:
+            return STATUS_BY_TYPE[cls]
+    return _Status.INTERNAL
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+def _unknown_fields(message: Message) -> bool:
+    if len(UnknownFieldSet(message)):
+        return True
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        items = value if field.is_repeated else [value]
+        if any(_unknown_fields(item) for item in items):
+            return True
+    return False
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+def parse_request(message_type: type[_M], raw: bytes) -> _M:
+    """Parse request bytes strictly: valid protobuf, and no fields this server does not know.
+
+    A newer client's unknown field is refused rather than dropped: the log must not silently
+    lose what an agent meant to record.
+
+    :raises MalformedInput: ``input.malformed_message`` or ``input.unknown_field``.
+    """
+    try:
+        message: _M = message_type.FromString(raw)
+    except DecodeError as exc:
+        raise errors.MalformedInput(
+            f"{message_type.DESCRIPTOR.name}: not a valid protobuf message",
+            code="input.malformed_message",
+        ) from exc
+    if _unknown_fields(message):
+        raise errors.MalformedInput(
+            f"{message_type.DESCRIPTOR.name}: has fields this server does not know",
+            code="input.unknown_field",
+        )
+    return message
+
+
+def _optional(message: Message, name: str) -> Any:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def call_body(record: ledger_pb2.CallRecord) -> dict[str, Any]:
+    """The log-entry body of an agent's call record, validated as a ``call`` body.
+
+    :raises MalformedInput: no usage, or a field that breaks the call-body rules (usage subsets,
+        counts above 2^53 - 1, hash or cost formats) (``ledger.call_invalid``).
+    """
+    if not record.HasField("usage"):
+        raise errors.MalformedInput(
+            "call: usage is required (leave a count unset inside it when it is unknown)",
+            code="ledger.call_invalid",
+        )
+    usage = {
+        field.name: _optional(record.usage, field.name) for field in record.usage.DESCRIPTOR.fields
+    }
+    cost = (
+        {"amount": record.cost.amount, "currency": record.cost.currency}
+        if record.HasField("cost")
+        else None
+    )
+    fields = {
+        "provider": record.provider,
+        "model": record.model,
+        "request_id": _optional(record, "request_id"),
+        "usage": usage,
+        "cost": cost,
+        "latency_ms": _optional(record, "latency_ms"),
+        "request_sha256": _optional(record, "request_sha256"),
+        "response_sha256": _optional(record, "response_sha256"),
+        "delegation_id": _optional(record, "delegation_id"),
+        "session_id": _optional(record, "session_id"),
+    }
+    try:
+        body = CallBody.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "call"
+        raise errors.MalformedInput(
+            f"call: {where}: {str(first['msg']).removeprefix('Value error, ')}",
+            code="ledger.call_invalid",
+        ) from exc
+    return body.model_dump(mode="json")
+
+
+# --- services ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-request caps: calls in one batch or stream, entries in one GetEntries answer."""
+
+    max_batch: int
+    max_entries: int
+
+
+class LedgerService:
+    """Ledger RPCs for one socket: calls are recorded in the name of that socket's agent."""
+
+    def __init__(self, log: Log, caller: Caller, limits: Limits) -> None:
+        self._log = log
+        self._caller = caller
+        self._limits = limits
+
+    def record_call(self, raw: bytes) -> ledger_pb2.RecordCallResponse:
+        """:raises TallystickError: no agent identity, a malformed call, or a log failure."""
+        agent = self._caller.require_agent()
+        request = parse_request(ledger_pb2.RecordCallRequest, raw)
+        body = call_body(request.call)
+        return ledger_pb2.RecordCallResponse(index=self._log.append(EntryKind.CALL, agent, body))
+
+    def record_calls(self, raw: bytes) -> ledger_pb2.RecordCallsResponse:
+        """:raises TallystickError: as :meth:`record_call`, or an empty or oversized batch."""
+        agent = self._caller.require_agent()
+        request = parse_request(ledger_pb2.RecordCallsRequest, raw)
+        self._check_batch_size(len(request.calls))
+        return self._append(agent, [call_body(call) for call in request.calls])
+
+    def record_call_stream(self, raws: Iterator[bytes]) -> ledger_pb2.RecordCallsResponse:
+        """:raises TallystickError: as :meth:`record_calls`; nothing is written on any error."""
+        agent = self._caller.require_agent()
+        bodies: list[dict[str, Any]] = []
+        for raw in raws:
+            self._check_batch_size(len(bodies) + 1)
+            bodies.append(call_body(parse_request(ledger_pb2.RecordCallRequest, raw).call))
+        self._check_batch_size(len(bodies))
+        return self._append(agent, bodies)
+
+    def _check_batch_size(self, count: int) -> None:
+        if count == 0:
+            raise errors.MalformedInput("batch: no calls", code="ledger.empty_batch")
+        if count > self._limits.max_batch:
+            raise errors.MalformedInput(
+                f"batch: more than {self._limits.max_batch} calls", code="ledger.batch_too_large"
+            )
+
+    def _append(self, agent: str, bodies: list[dict[str, Any]]) -> ledger_pb2.RecordCallsResponse:
+        indexes = self._log.append_batch([(EntryKind.CALL, agent, body) for body in bodies])
+        return ledger_pb2.RecordCallsResponse(indexes=indexes)
+
+
+class LogService:
+    """Log RPCs: read-only, the same on every socket."""
+
+    def __init__(self, log: Log, limits: Limits, scratch: Path) -> None:
+        self._log = log
+        self._limits = limits
+        self._scratch = scratch
+
+    def get_checkpoint(self, raw: bytes) -> log_pb2.GetCheckpointResponse:
+        """:raises TallystickError: a malformed request or a log failure."""
+        request = parse_request(log_pb2.GetCheckpointRequest, raw)
+        text = self._log.checkpoint_now() if request.refresh else self._log.latest_checkpoint()
+        checkpoint = SignedCheckpoint.from_text(text).checkpoint
+        return log_pb2.GetCheckpointResponse(
+            checkpoint=text,
+            tree_size=checkpoint.size,
+            root_hash=checkpoint.root_hash,
+            origin=checkpoint.origin,
+            log_vkey=self._log.vkey,
+        )
+
+    def _check_size(self, size: int, what: str) -> None:
+        if size > self._log.size:
+            raise errors.ProofInvalid(
+                f"{what} {size} is beyond the log's size {self._log.size}",
+                code="log.size_out_of_range",
+            )
+
+    def get_inclusion_proof(self, raw: bytes) -> log_pb2.GetInclusionProofResponse:
+        """:raises TallystickError: ``log.size_out_of_range``, ``log.index_out_of_range``."""
+        request = parse_request(log_pb2.GetInclusionProofRequest, raw)
+        index, size = request.leaf_index, request.tree_size
+        self._check_size(size, "tree size")
+        if index >= size:
+            raise errors.ProofInvalid(
+                f"leaf index {index} is not below tree size {size}", code="log.index_out_of_range"
+            )
+        (leaf,) = self._log.entries(index, index + 1)
+        return log_pb2.GetInclusionProofResponse(
+            leaf_index=index,
+            tree_size=size,
+            leaf_hash=hash_leaf(leaf),
+            hashes=self._log.inclusion_proof(index, size),
+            root_hash=self._log.root(size),
+        )
+
+    def get_consistency_proof(self, raw: bytes) -> log_pb2.GetConsistencyProofResponse:
+        """:raises TallystickError: ``log.size_out_of_range``, ``log.bad_range``."""
+        request = parse_request(log_pb2.GetConsistencyProofRequest, raw)
+        first, second = request.first, request.second
+        self._check_size(second, "second size")
+        if not 0 < first <= second:
+            raise errors.ProofInvalid(
+                f"consistency needs 0 < first <= second, got {first} and {second}",
+                code="log.bad_range",
+            )
+        return log_pb2.GetConsistencyProofResponse(
+            first=first,
+            second=second,
+            hashes=self._log.consistency_proof(first, second),
+            first_root=self._log.root(first),
+            second_root=self._log.root(second),
+        )
+
+    def get_entries(self, raw: bytes) -> log_pb2.GetEntriesResponse:
+        """:raises TallystickError: ``log.bad_range`` (count 0), ``log.start_out_of_range``."""
+        request = parse_request(log_pb2.GetEntriesRequest, raw)
+        if request.count == 0:
+            raise errors.MalformedInput("entries: count must be at least 1", code="log.bad_range")
+        size = self._log.size
+        if request.start >= size:
+            raise errors.MalformedInput(
+                f"entries: start {request.start} is not below the log's size {size}",
+                code="log.start_out_of_range",
+            )
+        end = min(size, request.start + min(request.count, self._limits.max_entries))
+        entries: list[bytes] = []
+        total = 0
+        for entry in self._log.entries(request.start, end):
+            total += len(entry)
+            if entries and total > MAX_ENTRIES_RESPONSE_BYTES:
+                break
+            entries.append(entry)
+        return log_pb2.GetEntriesResponse(start=request.start, entries=entries)
+
+    def export_bundle(self, raw: bytes) -> Iterator[log_pb2.BundleChunk]:
+        """The bundle in chunks; the export is written before this returns.
+
+        :raises TallystickError: a malformed request or a log failure.
+        """
+        parse_request(log_pb2.ExportBundleRequest, raw)
+        with tempfile.TemporaryDirectory(dir=self._scratch, prefix="export-") as work:
+            out = Path(work) / "bundle.jsonl"
+            self._log.export(out)
+            handle = out.open("rb")  # stays readable once the directory is removed
+        return _chunks(handle)
+
+
+def _chunks(handle: IO[bytes]) -> Iterator[log_pb2.BundleChunk]:
+    with handle:
+        while chunk := handle.read(EXPORT_CHUNK_BYTES):
+            yield log_pb2.BundleChunk(data=chunk)
+
+
+# --- plumbing ---------------------------------------------------------------------------
+
+
+class _Metrics:
+    """Prometheus metrics in a registry of their own, served on a separate HTTP port."""
+
+    def __init__(self, log: Log) -> None:
+        self.registry = CollectorRegistry()
+        self.records = Counter(
+            "tallystick_records", "Log entries recorded", ["agent"], registry=self.registry
+        )
+        self.request_bytes = Counter(
+            "tallystick_request_bytes",
+            "Bytes of request messages",
+            ["method"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tallystick_rpc_duration_seconds",
+            "Time to answer an RPC, by method and status",
+            ["method", "status"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0),
+            registry=self.registry,
+        )
+        size = Gauge("tallystick_log_size", "Entries in the log", registry=self.registry)
+        size.set_function(lambda: log.size)
+        age = Gauge(
+            "tallystick_checkpoint_age_seconds",
+            "Seconds since the latest checkpoint changed, as seen by the daemon's scrapes",
+            registry=self.registry,
+        )
+        age.set_function(_CheckpointAge(log).seconds)
+
+
+class _CheckpointAge:
+    """When the log's latest checkpoint text last changed (checked at each scrape)."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self._text = ""
+        self._since = time.monotonic()
+        self._lock = threading.Lock()
+
+    def seconds(self) -> float:
+        text = self._log.latest_checkpoint()
+        with self._lock:
+            now = time.monotonic()
+            if text != self._text:
+                self._text, self._since = text, now
+            return now - self._since
+
+
+class _Rpc:
+    """Wraps service methods as gRPC handlers: error table, reason trailer, log lines, metrics."""
+
+    def __init__(self, caller: Caller, metrics: _Metrics | None) -> None:
+        self._caller = caller
+        self._metrics = metrics
+
+    def _observe(self, method: str, started: float, status: str, reply: object) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.latency.labels(method, status).observe(time.perf_counter() - started)
+        agent = self._caller.agent
+        if agent is not None and isinstance(reply, ledger_pb2.RecordCallResponse):
+            self._metrics.records.labels(agent).inc()
+        elif agent is not None and isinstance(reply, ledger_pb2.RecordCallsResponse):
+            self._metrics.records.labels(agent).inc(len(reply.indexes))
+
+    def _run(
+        self, context: grpc.ServicerContext, method: str, call: Callable[[], _Reply]
+    ) -> _Reply:
+        started = time.perf_counter()
+        try:
+            reply = call()
+        except errors.TallystickError as exc:
+            failure = exc
+        except Exception:
+            # A bug, not a rejection: log the traceback (never request content) and answer
+            # INTERNAL, so one bad call cannot take the daemon down.
+            _logger.exception("rpc.internal_error", method=method, agent=self._caller.agent)
+            failure = errors.TallystickError(f"{method}: internal error", code="internal")
+        else:
+            self._observe(method, started, "OK", reply)
+            return reply
+        status = status_for(failure)
+        self._observe(method, started, status.name, None)
+        _logger.info(
+            "rpc.rejected",
+            method=method,
+            agent=self._caller.agent,
+            status=status.name,
+            reason=failure.code,
+            detail=str(failure),
+        )
+        context.set_trailing_metadata(((REASON_KEY, failure.code),))
+        context.abort(status, str(failure))
+        raise AssertionError("ServicerContext.abort returns only by raising")
+
+    def _size(self, method: str, raw: bytes) -> bytes:
+        if self._metrics is not None:
+            self._metrics.request_bytes.labels(method).inc(len(raw))
+        return raw
+
+    def unary(self, method: str, handler: Callable[[bytes], Message]) -> grpc.RpcMethodHandler:
+        """A unary-unary handler; the request arrives as raw bytes, parsed by ``handler``."""
+
+        def behavior(raw: bytes, context: grpc.ServicerContext) -> Message:
+            return self._run(context, method, lambda: handler(self._size(method, raw)))
+
+        return grpc.unary_unary_rpc_method_handler(behavior, response_serializer=_serialize)
+
+    def stream_in(
+        self, method: str, handler: Callable[[Iterator[bytes]], Message]
+    ) -> grpc.RpcMethodHandler:
+        """A client-streaming handler."""
+
+        def behavior(raws: Iterator[bytes], context: grpc.ServicerContext) -> Message:
+            sized = (self._size(method, raw) for raw in raws)
+            return self._run(context, method, lambda: handler(sized))
+
+        return grpc.stream_unary_rpc_method_handler(behavior, response_serializer=_serialize)
+
+    def stream_out(
+        self, method: str, handler: Callable[[bytes], Iterator[Message]]
+    ) -> grpc.RpcMethodHandler:
+        """A server-streaming handler; ``handler`` does its failing work before it returns."""
+
+        def behavior(raw: bytes, context: grpc.ServicerContext) -> Iterator[Message]:
+            return self._run(context, method, lambda: handler(self._size(method, raw)))
+
+        return grpc.unary_stream_rpc_method_handler(behavior, response_serializer=_serialize)
+
+
+def _serialize(message: Message) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def _generic_handlers(
+    caller: Caller, ledger: LedgerService, log: LogService, metrics: _Metrics | None
+) -> list[grpc.GenericRpcHandler]:
+    rpc = _Rpc(caller, metrics)
+    ledger_methods = {
+        "RecordCall": rpc.unary("RecordCall", ledger.record_call),
+        "RecordCalls": rpc.unary("RecordCalls", ledger.record_calls),
+        "RecordCallStream": rpc.stream_in("RecordCallStream", ledger.record_call_stream),
+    }
+    log_methods = {
+        "GetCheckpoint": rpc.unary("GetCheckpoint", log.get_checkpoint),
+        "GetInclusionProof": rpc.unary("GetInclusionProof", log.get_inclusion_proof),
+        "GetConsistencyProof": rpc.unary("GetConsistencyProof", log.get_consistency_proof),
+        "GetEntries": rpc.unary("GetEntries", log.get_entries),
+        "ExportBundle": rpc.stream_out("ExportBundle", log.export_bundle),
+    }
+    return [
+        grpc.method_handlers_generic_handler(_LEDGER.full_name, ledger_methods),
+        grpc.method_handlers_generic_handler(_LOG.full_name, log_methods),
+    ]
+
+
+# --- the daemon -------------------------------------------------------------------------
+
+
+def _lock(data_dir: Path) -> IO[bytes]:
+    handle = (data_dir / "tallystickd.lock").open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise DaemonError(
+            f"data directory {str(data_dir)!r} is in use by another tallystickd",
+            code="daemon.already_running",
+        ) from exc
+    return handle
+
+
+class Daemon:
+    """A running tallystickd: the log, one gRPC server per socket, health, optional metrics.
+
+    Build it with :meth:`start`; end it with :meth:`stop` (idempotent).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        log: Log,
+        lock: IO[bytes],
+        pool: futures.ThreadPoolExecutor,
+        health_servicer: health.HealthServicer,
+        metrics: _Metrics | None,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self._lock_handle = lock
+        self._pool = pool
+        self._health = health_servicer
+        self._metrics = metrics
+        self._metrics_http: Any = None
+        self._servers: list[tuple[Listener, grpc.Server]] = []
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    @classmethod
+    def start(cls, config: Config) -> Daemon:
+        """Open (or create) the log in ``config.data_dir`` and serve every socket.
+
+        :raises DaemonError: ``daemon.already_running`` or ``daemon.bind_failed``.
+        :raises ConfigError: socket owner, group or mode cannot be set.
+        :raises LogInconsistent: the stored log fails its start-up check.
+        """
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = _lock(config.data_dir)
+        try:
+            log = Log.open(
+                config.data_dir,
+                origin=config.origin,
+                checkpoint_every_entries=config.checkpoint_every_entries,
+                checkpoint_every_ms=config.checkpoint_every_ms,
+            )
+        except BaseException:
+            lock.close()
+            raise
+        pool = futures.ThreadPoolExecutor(config.workers, thread_name_prefix="tallystickd-rpc")
+        health_servicer = health.HealthServicer(experimental_non_blocking=True)
+        metrics = _Metrics(log) if config.metrics_address else None
+        daemon = cls(config, log, lock, pool, health_servicer, metrics)
+        try:
+            daemon._serve()
+        except BaseException:
+            daemon.stop(grace=0)
+            raise
+        return daemon
+
+    def _serve(self) -> None:
+        config = self.config
+        limits = Limits(config.max_batch, config.max_entries_per_response)
+        log_service = LogService(self.log, limits, config.data_dir)
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+        ]
+        agents_dir = config.data_dir / "agents"
+        if config.agents and not agents_dir.exists():
+            agents_dir.mkdir()
+            agents_dir.chmod(0o711)  # agents of other users reach their own socket, list nothing
+        for listener in listeners(config):
+            server = grpc.server(self._pool, options=options)
+            ledger = LedgerService(self.log, listener.caller, limits)
+            server.add_generic_rpc_handlers(
+                _generic_handlers(listener.caller, ledger, log_service, self._metrics)
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            reflection.enable_server_reflection(
+                (_LEDGER.full_name, _LOG.full_name, _HEALTH, reflection.SERVICE_NAME), server
+            )
+            self._servers.append((listener, server))
+            try:
+                with private_umask():
+                    server.add_insecure_port(listener.address)
+            except RuntimeError as exc:
+                raise DaemonError(
+                    f"cannot listen on {listener.address}: bind failed", code="daemon.bind_failed"
+                ) from exc
+            secure_socket(listener)
+        for _, server in self._servers:
+            server.start()
+        for service in ("", _LEDGER.full_name, _LOG.full_name):
+            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if config.metrics_address and self._metrics is not None:
+            host, _, port = config.metrics_address.rpartition(":")
+            self._metrics_http, _thread = start_http_server(
+                int(port), host, registry=self._metrics.registry
+            )
+        _logger.info(
+            "tallystickd.serving",
+            data_dir=str(config.data_dir),
+            origin=self.log.origin,
+            log_size=self.log.size,
+            sockets=[listener.address for listener in self.listeners],
+            agents=sorted(config.agents),
+            metrics=config.metrics_address,
+        )
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The sockets served, the shared one first."""
+        return [listener for listener, _ in self._servers]
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound metrics port (useful when configured as port 0), or None when off."""
+        if self._metrics_http is None:
+            return None
+        return int(self._metrics_http.server_port)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain and shut down: health NOT_SERVING, refuse new calls, let in-flight calls
+        finish for ``grace`` seconds (default: the configured grace), close the log (which
+        signs a final checkpoint), release the data directory."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            grace = self.config.grace_seconds if grace is None else grace
+            _logger.info("tallystickd.draining", grace_seconds=grace)
+            self._health.enter_graceful_shutdown()
+            done = [server.stop(grace) for _, server in self._servers]
+            for event in done:
+                event.wait()
+            # Handlers cut off by the grace period may still be running; wait for them
+            # before the log closes under them.
+            self._pool.shutdown(wait=True)
+            if self._metrics_http is not None:
+                self._metrics_http.shutdown()
+                self._metrics_http.server_close()
+            size = self.log.size
+            try:
+                self.log.close()
+                _logger.info("tallystickd.stopped", log_size=size)
+            finally:
+                self._lock_handle.close()
+                self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`stop` has finished; False if ``timeout`` passed first."""
+        return self._stopped.wait(timeout)

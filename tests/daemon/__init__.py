@@ -1,0 +1,1 @@
+"""tallystickd tests: a package, so its conftest does not shadow tests/conftest.py."""
