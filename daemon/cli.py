@@ -1,4 +1,8 @@
-"""The ``tallystickd`` console script: parse settings, serve until SIGTERM, drain, exit 0."""
+"""The ``tallystickd`` console script: parse settings, serve until SIGTERM, drain, exit 0.
+
+``tallystickd certs ...`` creates a local CA and certificates for the TCP port instead
+(:mod:`.certs_cli`).
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,13 @@ the TOML file (--config or TALLYSTICK_CONFIG; keys are the setting names, agents
 Sockets: DATA_DIR/tallystickd.sock (shared; read-only Log and health calls) and one
 DATA_DIR/agents/ID.sock per agent. A call on an agent's socket is recorded as that agent:
 the socket's owner, group and mode decide who may act as the agent.
+
+TCP (opt-in, --listen-tcp HOST:PORT) always uses mutual TLS: --tls-cert, --tls-key and
+--tls-client-ca are required with it. A TCP call is recorded as the agent named by the
+client certificate's URI SAN tallystick://agent/ID, which must be a configured agent
+(otherwise PERMISSION_DENIED, reason auth.unknown_agent). For a test set-up,
+`tallystickd certs init --dir DIR --agent ID` creates a CA and the certificates
+(`tallystickd certs --help`).
 
 On first start DATA_DIR gets log.key (mode 0600), log.pub (the log's public key, one line of
 base64url) and tallystick.sqlite3. SIGTERM or SIGINT: health turns NOT_SERVING, new calls are
@@ -131,8 +142,13 @@ def _flags(namespace: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run tallystickd until SIGTERM or SIGINT; returns the exit code."""
-    namespace = build_parser().parse_args(argv)
+    """Run tallystickd until SIGTERM or SIGINT (or ``tallystickd certs``); returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["certs"]:
+        from .certs_cli import main as certs_main
+
+        return certs_main(args[1:])
+    namespace = build_parser().parse_args(args)
     try:
         config = load_config(
             flags=_flags(namespace), config_file=getattr(namespace, "config", None)
@@ -176,6 +192,8 @@ def _serve(config: Config, stop: threading.Event) -> int:
         agent = listener.caller.agent
         role = "shared, read-only" if agent is None else f"agent {agent}"
         print(f"listening: {listener.address} ({role})")
+    if daemon.tcp_address is not None:
+        print(f"listening: {daemon.tcp_address} (tcp, mutual TLS)")
     if daemon.metrics_port is not None:
         print(f"metrics: {config.metrics_address}")
     print("ready", flush=True)

@@ -17,7 +17,21 @@ A TOML file (``--config PATH`` or ``TALLYSTICK_CONFIG``) uses the field names as
 
 Agents that run as other users must be able to traverse DATA_DIR (created 0700 on first start):
 ``chmod 0711 DATA_DIR`` lets them reach their own socket without listing or reading anything;
-``log.key`` stays 0600. TCP with mutual TLS is not supported yet; ``listen_tcp`` is refused.
+``log.key`` stays 0600.
+
+TCP is opt-in (``listen_tcp = "HOST:PORT"``) and then always needs mutual TLS: ``tls_cert`` and
+``tls_key`` (the daemon's certificate and unencrypted PEM key) and ``tls_client_ca`` (the CA that
+issues agents' client certificates); any of them missing is ``config.tls_incomplete``, and TLS
+settings without ``listen_tcp`` are ``config.tls_without_tcp``. A call over TCP is recorded as
+the agent its verified client certificate names (a URI SAN ``tallystick://agent/<id>``, see
+:mod:`.tls`), which must be a configured agent. Any host may be bound, not only loopback: the
+client certificate is the access control, as a socket's mode is for the Unix sockets::
+
+    listen_tcp = "127.0.0.1:7443"
+    tls_cert = "/etc/tallystick/tls/server.crt"
+    tls_key = "/etc/tallystick/tls/server.key"
+    tls_client_ca = "/etc/tallystick/tls/ca.crt"
+    [agents.planner]             # may connect with a certificate for tallystick://agent/planner
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from tallystick.verifier.errors import MalformedInput
 
 __all__ = [
@@ -49,6 +64,7 @@ __all__ = [
     "env_name",
     "flag_name",
     "load_config",
+    "split_host_port",
 ]
 
 ENV_PREFIX: Final = "TALLYSTICK_"
@@ -87,6 +103,7 @@ def _check_mode(mode: int) -> int:
 _Mode = Annotated[int, BeforeValidator(_octal_mode)]
 _Group = str | int
 AgentId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+_PrincipalId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 class AgentConfig(BaseModel):
@@ -102,6 +119,13 @@ class AgentConfig(BaseModel):
     group: _Group | None = Field(default=None, description="group of the socket")
     socket_mode: _Mode | None = Field(
         default=None, description="octal mode; default 0600, or 0660 with a group"
+    )
+    principals: tuple[_PrincipalId, ...] = Field(
+        default=(),
+        description="principal ids this agent may issue HDP roots and AIP tokens for ('*': any)",
+    )
+    read_all: bool = Field(
+        default=False, description="may query every principal's records, not only its own"
     )
 
     @field_validator("socket_mode")
@@ -141,7 +165,21 @@ class Config(BaseModel):
         ),
     )
     listen_tcp: str | None = Field(
-        default=None, description="HOST:PORT for TCP with mutual TLS (not supported yet)"
+        default=None,
+        description=(
+            "HOST:PORT (IPv6 as [ADDR]:PORT; port 0 picks one) of a TCP port with mutual TLS; "
+            "needs tls_cert, tls_key and tls_client_ca"
+        ),
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain) of the TCP port's server side"
+    )
+    tls_key: Path | None = Field(
+        default=None, description="unencrypted PEM private key of tls_cert (keep it 0600)"
+    )
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="PEM CA certificate(s) that issue agents' client certificates",
     )
     origin: str | None = Field(
         default=None,
@@ -166,6 +204,10 @@ class Config(BaseModel):
     grace_seconds: float = Field(
         default=10.0, ge=0, le=3600, description="on SIGTERM, how long in-flight calls may finish"
     )
+    shared_totals: bool = Field(
+        default=False,
+        description="the shared, read-only socket may read usage totals (Query.GetTotals)",
+    )
     metrics_address: str | None = Field(
         default=None,
         description="HOST:PORT of a Prometheus metrics endpoint, e.g. 127.0.0.1:9464",
@@ -174,7 +216,7 @@ class Config(BaseModel):
         default="info", description="lowest level written to the JSON log on stderr"
     )
 
-    @field_validator("data_dir", "socket")
+    @field_validator("data_dir", "socket", "tls_cert", "tls_key", "tls_client_ca")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
         return None if path is None else path.expanduser().absolute()
@@ -186,10 +228,35 @@ class Config(BaseModel):
 
     @field_validator("listen_tcp")
     @classmethod
-    def _no_tcp(cls, value: str | None) -> str | None:
+    def _tcp_address(cls, value: str | None) -> str | None:
         if value is not None:
-            raise ValueError("tcp requires mtls, not yet supported; use the Unix sockets")
+            split_host_port(value)
         return value
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Config:
+        tls = {
+            "tls_cert": self.tls_cert,
+            "tls_key": self.tls_key,
+            "tls_client_ca": self.tls_client_ca,
+        }
+        if self.listen_tcp is None:
+            given = [name for name, path in tls.items() if path is not None]
+            if given:
+                raise PydanticCustomError(
+                    "config.tls_without_tcp",
+                    "{given} set without listen_tcp: TLS is only for the TCP port",
+                    {"given": ", ".join(given)},
+                )
+            return self
+        missing = [name for name, path in tls.items() if path is None]
+        if missing:
+            raise PydanticCustomError(
+                "config.tls_incomplete",
+                "listen_tcp needs mutual TLS: set {missing}",
+                {"missing": ", ".join(missing)},
+            )
+        return self
 
     @field_validator("metrics_address")
     @classmethod
@@ -220,6 +287,21 @@ class Config(BaseModel):
     def agent_socket(self, agent: str) -> Path:
         """Where the socket of ``agent`` listens."""
         return self.data_dir / "agents" / f"{agent}.sock"
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[IPV6]:PORT`` for IPv6) as host (without brackets) and port.
+
+    :raises ValueError: not that form, or a port outside 0-65535.
+    """
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address must be bracketed
+    if not (sep and host and port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT (an IPv6 host as [ADDR]:PORT)")
+    return host, int(port)
 
 
 def env_name(field: str) -> str:
@@ -289,7 +371,13 @@ def load_config(
     try:
         return Config.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source)) from exc
+        raise ConfigError(_explain(exc, source), code=_code(exc)) from exc
+
+
+def _code(exc: ValidationError) -> str | None:
+    # Checks that name their own code raise PydanticCustomError with it as the error type.
+    codes = [error["type"] for error in exc.errors() if error["type"].startswith("config.")]
+    return codes[0] if codes else None
 
 
 def _explain(exc: ValidationError, source: Mapping[str, str]) -> str:

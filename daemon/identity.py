@@ -1,4 +1,5 @@
-"""Who is calling: an agent's identity comes from the socket its call arrived on.
+"""Who is calling: an agent's identity comes from the socket its call arrived on, or on TCP
+from the client certificate it presented.
 
 grpcio (checked with 1.85) does not expose Unix-socket peer credentials: on a ``unix:`` port
 ``context.peer()`` is just ``"unix:"``, and ``context.auth_context()`` holds only
@@ -8,6 +9,11 @@ socket, ``DATA_DIR/agents/<id>.sock``, owned and moded so that only that agent c
 and serves each socket with its own ``grpc.server`` whose services are bound to that agent.
 The identity of a call is therefore fixed by the server that received it; no request field
 can change it. The shared socket has no agent identity and serves only read-only calls.
+
+The TCP port (opt-in) requires mutual TLS: the handshake verifies the client certificate
+against the configured client CA, and each call is resolved to the agent that certificate
+names (:func:`certificate_caller`, via ``context.auth_context()``); an agent that is not
+configured is refused with ``auth.unknown_agent``. Requests never carry an agent id.
 """
 
 from __future__ import annotations
@@ -15,20 +21,24 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tallystick.verifier.errors import IdentityUnresolvable
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, split_host_port
+from .tls import TlsMaterial, agent_id_from_pem
 
 __all__ = [
     "Caller",
     "Listener",
+    "TcpListener",
+    "certificate_caller",
     "listeners",
     "private_umask",
     "secure_socket",
+    "tcp_listener",
 ]
 
 
@@ -85,6 +95,72 @@ def listeners(config: Config) -> list[Listener]:
         for agent, settings in sorted(config.agents.items())
     ]
     return [shared, *agents]
+
+
+@dataclass(frozen=True, slots=True)
+class TcpListener:
+    """The TCP port with mutual TLS: ``host`` and ``port`` to bind, and the TLS files.
+
+    ``port`` 0 binds a free port; the daemon reports the one bound.
+    """
+
+    host: str
+    port: int
+    tls_cert: Path
+    tls_key: Path
+    tls_client_ca: Path
+
+    def address(self, port: int | None = None) -> str:
+        """``HOST:PORT`` (``[IPV6]:PORT``), with ``port`` in place of the configured one."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port if port is None else port}"
+
+    def load_tls(self) -> TlsMaterial:
+        """The server's chain and key and the client CA, read and checked.
+
+        :raises TlsError: a file is unreadable, not PEM, or the key is not the certificate's.
+        """
+        return TlsMaterial.load(
+            certificate=self.tls_cert, key=self.tls_key, trusted=self.tls_client_ca
+        )
+
+
+def tcp_listener(config: Config) -> TcpListener | None:
+    """The TCP port to serve, or None when ``listen_tcp`` is not set."""
+    if config.listen_tcp is None:
+        return None
+    # The config validated listen_tcp and that every TLS file is named.
+    assert config.tls_cert and config.tls_key and config.tls_client_ca
+    host, port = split_host_port(config.listen_tcp)
+    return TcpListener(host, port, config.tls_cert, config.tls_key, config.tls_client_ca)
+
+
+def certificate_caller(
+    auth_context: Mapping[str, Iterable[bytes]], agents: Collection[str]
+) -> Caller:
+    """The caller of a TCP call: the agent its verified client certificate names.
+
+    ``auth_context`` is gRPC's ``context.auth_context()``; the handshake has verified the
+    certificate (``require_client_auth``), so only the agent it names is read here.
+
+    :raises IdentityUnresolvable: no client certificate (``auth.no_client_certificate``), a
+        certificate naming no single agent (``auth.bad_client_certificate``), or an agent
+        that is not configured (``auth.unknown_agent``).
+    """
+    pems = list(auth_context.get("x509_pem_cert", ()))
+    if not pems:
+        raise IdentityUnresolvable(
+            "no client certificate: the TCP port needs mutual TLS",
+            code="auth.no_client_certificate",
+        )
+    agent = agent_id_from_pem(bytes(pems[0]))
+    if agent not in agents:
+        raise IdentityUnresolvable(
+            f"agent {agent!r}: named by the client certificate, but not configured "
+            "(tallystickd --agent ID)",
+            code="auth.unknown_agent",
+        )
+    return Caller(agent)
 
 
 def _gid(group: str | int) -> int:

@@ -32,6 +32,7 @@ order, then ``{"checkpoint": note}`` lines by ascending size.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from tallystick.verifier.canonical import parse_json
+from tallystick.verifier.canonical import MAX_JSON_DEPTH, parse_json
 from tallystick.verifier.checkpoint import (
     Checkpoint,
     NoteSigner,
@@ -469,6 +470,9 @@ def _stored_public_key(data_dir: Path) -> PublicKey:
 # -- the log -----------------------------------------------------------------------------------
 
 
+_LONG_DIGIT_RUN: Final = re.compile(rb"[0-9]{16}")
+
+
 def _entry_bytes(
     index: int, prev: bytes, kind: EntryKind, time_ms: int, agent: str, body: dict[str, Any]
 ) -> bytes:
@@ -479,9 +483,12 @@ def _entry_bytes(
     """
     try:
         raw = LogEntry(index, prev, kind, time_ms, agent, body).to_bytes()
-        # Parsing is the costly half of LogEntry.from_bytes; the other half (rebuilding and
-        # comparing) cannot fail for bytes this entry just produced.
-        parse_json(raw)
+        # Of the strict parser's refusals, canonical bytes of a dict can only hit two: nesting
+        # beyond MAX_JSON_DEPTH and integers beyond 2^53 (16+ digits). Parse (the costly half of
+        # LogEntry.from_bytes; the rest cannot fail for bytes just produced) only when the bytes
+        # could hold either: brackets past the limit, or a 16-digit run anywhere.
+        if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH or _LONG_DIGIT_RUN.search(raw):
+            parse_json(raw)
     except RecursionError as exc:
         raise MalformedInput("log entry: body nested too deeply", code="input.too_deep") from exc
     return raw

@@ -15,6 +15,11 @@ proof up to a signed checkpoint (fail closed: exit 1 when a check fails). Exit c
 CLI's: 0 success, 1 checked and rejected (by the daemon's authorisation or the local checks),
 2 usage, input or connection error. A gRPC error prints one line with the daemon's
 ``tallystick-reason`` code.
+
+``--daemon`` is ``unix:PATH`` or ``HOST:PORT``; TCP always uses mutual TLS, with
+``--tls-cert``/``--tls-key`` (the agent's client certificate and key, e.g. from
+``tallystickd certs init``) and ``--tls-ca`` (the CA that issued the daemon's certificate).
+Over TCP the daemon records calls as the agent the client certificate names.
 """
 
 from __future__ import annotations
@@ -53,13 +58,15 @@ from tallystick.verifier.keys import PublicKey, load_public_key
 from tallystick.verifier.merkle import hash_leaf, verify_consistency, verify_inclusion
 
 from ._proto import ledger_pb2, ledger_pb2_grpc, log_pb2, log_pb2_grpc
-from .config import AgentId
+from .config import AgentId, split_host_port
+from .tls import TlsError, TlsMaterial, agent_id_of
 
 __all__ = [
     "DEFAULT_PROVIDER",
     "EXIT_BY_STATUS",
     "SHARED_SOCKET_NAME",
     "DaemonAddress",
+    "TcpAddress",
     "agent_address",
     "delegation_id",
     "parse_address",
@@ -82,9 +89,10 @@ _MAX_TOKENS: Final = 2**53 - 1
 _AGENT_ID: Final = TypeAdapter(AgentId)
 
 _ADDRESS_HELP = (
-    "the daemon: unix:PATH (e.g. unix:var/tallystickd.sock) or HOST:PORT "
-    "(TCP needs mutual TLS, which this client does not support yet)"
+    "the daemon: unix:PATH (e.g. unix:var/tallystickd.sock) or HOST:PORT ([IPV6]:PORT), "
+    "which needs --tls-cert, --tls-key and --tls-ca (mutual TLS)"
 )
+_TLS_OPTIONS = "--tls-cert, --tls-key and --tls-ca"
 _LOG_KEY_HELP = (
     "verify checkpoints with this log key (e.g. DATA_DIR/log.pub; 64 hex or 43 base64url "
     "characters, or a .pub or PEM file); default: the key the daemon names, which proves the "
@@ -122,11 +130,30 @@ class DaemonAddress:
         return self.target
 
 
-def parse_address(text: str) -> DaemonAddress:
-    """Parse ``ADDR``: ``unix:PATH`` (also ``unix:///abs/path``) or ``HOST:PORT``.
+@dataclass(frozen=True, slots=True)
+class TcpAddress:
+    """A daemon's TCP port, reached with mutual TLS: ``tls`` holds this client's certificate
+    and key and the CA that must have issued the daemon's certificate."""
 
-    :raises UsageError: neither form, or ``HOST:PORT``: TCP needs mutual TLS, which this
-        client does not support yet.
+    host: str
+    port: int
+    tls: TlsMaterial
+
+    @property
+    def target(self) -> str:
+        """The gRPC target, ``HOST:PORT`` (``[IPV6]:PORT``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.target
+
+
+def parse_address(text: str, *, tls: TlsMaterial | None = None) -> DaemonAddress | TcpAddress:
+    """Parse ``ADDR``: ``unix:PATH`` (also ``unix:///abs/path``) or ``HOST:PORT`` with ``tls``.
+
+    :raises UsageError: neither form, ``HOST:PORT`` without ``tls`` (TCP needs mutual TLS),
+        or ``tls`` with a Unix socket.
     """
     if text.startswith("unix:"):
         path = text.removeprefix("unix:")
@@ -134,26 +161,32 @@ def parse_address(text: str) -> DaemonAddress:
             path = path[2:]
         if not path:
             raise UsageError(f"--daemon {text!r}: unix: needs a socket path")
+        if tls is not None:
+            raise UsageError(f"--daemon {text}: {_TLS_OPTIONS} are for HOST:PORT only")
         return DaemonAddress(Path(path))
-    host, sep, port = text.rpartition(":")
-    if sep and host and port.isdigit():
+    try:
+        host, port = split_host_port(text)
+    except ValueError:
+        raise UsageError(f"--daemon {text!r}: expected unix:PATH or HOST:PORT") from None
+    if tls is None:
         raise UsageError(
-            f"--daemon {text}: TCP needs mutual TLS, which this client does not support yet; "
-            "use the daemon's Unix socket, unix:DATA_DIR/tallystickd.sock"
+            f"--daemon {text}: TCP needs mutual TLS: give {_TLS_OPTIONS}, or use the "
+            "daemon's Unix socket, unix:DATA_DIR/tallystickd.sock"
         )
-    raise UsageError(f"--daemon {text!r}: expected unix:PATH or HOST:PORT")
+    return TcpAddress(host, port, tls)
 
 
-def agent_address(address: DaemonAddress, agent_id: str) -> DaemonAddress:
-    """The socket on which the daemon records calls as ``agent_id``.
+def agent_address(address: DaemonAddress | TcpAddress, agent_id: str) -> DaemonAddress | TcpAddress:
+    """The address at which the daemon records calls as ``agent_id``.
 
-    The daemon takes an agent's identity from the socket a call arrives on, never from the
-    request: ``DATA_DIR/agents/ID.sock`` is agent ``ID``'s. An agent socket is used as given
+    The daemon takes an agent's identity from the socket a call arrives on or, over TCP, from
+    the client certificate, never from the request. Over TCP the certificate must name
+    ``agent_id``. ``DATA_DIR/agents/ID.sock`` is agent ``ID``'s socket: it is used as given
     (its ``ID`` must be ``agent_id``); the shared socket ``DATA_DIR/tallystickd.sock`` leads
     to ``DATA_DIR/agents/<agent_id>.sock``.
 
-    :raises UsageError: an invalid ``agent_id``, an agent socket of another agent, no socket
-        for ``agent_id``, or a socket that is neither kind.
+    :raises UsageError: an invalid ``agent_id``, a certificate or agent socket of another
+        agent, no socket for ``agent_id``, or a socket that is neither kind.
     """
     try:
         _AGENT_ID.validate_python(agent_id)
@@ -162,6 +195,17 @@ def agent_address(address: DaemonAddress, agent_id: str) -> DaemonAddress:
             f"--agent-id {agent_id!r}: an agent id is 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         ) from None
+    if isinstance(address, TcpAddress):
+        try:
+            named = agent_id_of(address.tls.certificate)
+        except TallystickError as exc:
+            raise UsageError(f"--tls-cert: {exc}") from exc
+        if named != agent_id:
+            raise UsageError(
+                f"--agent-id {agent_id} does not match --tls-cert, which names agent {named}: "
+                "the daemon records TCP calls as the certificate's agent"
+            )
+        return address
     path = address.path
     if path.parent.name == "agents" and path.suffix == ".sock":
         if path.stem != agent_id:
@@ -252,7 +296,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _rpc_failure(error: grpc.RpcError, address: DaemonAddress) -> _Failure:
+def _rpc_failure(error: grpc.RpcError, address: DaemonAddress | TcpAddress) -> _Failure:
     if not isinstance(error, grpc.Call):  # every error grpc raises for a call is one
         return _Failure(f"{address}: {error!r}", EXIT_USAGE)
     from .server import REASON_KEY  # on use: the server module is slow to import
@@ -264,7 +308,13 @@ def _rpc_failure(error: grpc.RpcError, address: DaemonAddress) -> _Failure:
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     ):
-        return _Failure(f"cannot reach tallystickd at {address}: {details}", EXIT_USAGE)
+        hint = ""
+        if isinstance(address, TcpAddress):
+            hint = (
+                " (is it listening there, did --tls-ca issue its certificate for that host, "
+                "and did its client CA issue --tls-cert?)"
+            )
+        return _Failure(f"cannot reach tallystickd at {address}: {details}{hint}", EXIT_USAGE)
     code = f"{status.name} {reason}" if reason else status.name
     return _Failure(
         f"tallystickd at {address} refused: {code}: {details}",
@@ -275,15 +325,23 @@ def _rpc_failure(error: grpc.RpcError, address: DaemonAddress) -> _Failure:
 class _Client:
     """One channel to a daemon; every call has the same deadline and error mapping."""
 
-    def __init__(self, address: DaemonAddress, timeout: float) -> None:
-        if not address.path.exists():
+    def __init__(self, address: DaemonAddress | TcpAddress, timeout: float) -> None:
+        self.address = address
+        self._timeout = timeout
+        if isinstance(address, TcpAddress):
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=address.tls.trusted_roots,
+                private_key=address.tls.private_key,
+                certificate_chain=address.tls.certificate_chain,
+            )
+            self._channel = grpc.secure_channel(address.target, credentials)
+        elif address.path.exists():
+            self._channel = grpc.insecure_channel(address.target)
+        else:
             raise _Failure(
                 f"cannot reach tallystickd at {address}: no such socket (is it running?)",
                 EXIT_USAGE,
             )
-        self.address = address
-        self._timeout = timeout
-        self._channel = grpc.insecure_channel(address.target)
         self.ledger = ledger_pb2_grpc.LedgerStub(self._channel)
         self.log = log_pb2_grpc.LogStub(self._channel)
 
@@ -301,6 +359,15 @@ class _Client:
         try:
             return method(request, timeout=self._timeout)
         except grpc.RpcError as exc:
+            raise _rpc_failure(exc, self.address) from None
+
+    def call_if_permitted(self, method: Callable[..., _Reply], request: object) -> _Reply | None:
+        """As :meth:`call`, but None where the daemon refuses this caller (PERMISSION_DENIED)."""
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                return None
             raise _rpc_failure(exc, self.address) from None
 
     def export(self, out: Path) -> int:
@@ -432,8 +499,30 @@ def _print_json(value: dict[str, Any]) -> None:
 # -- commands -----------------------------------------------------------------------------------
 
 
+def _client_tls(args: argparse.Namespace) -> TlsMaterial | None:
+    """The TLS files given on the command line, read and checked, or None when none is given.
+
+    :raises UsageError: some but not all of them, or files that cannot be used.
+    """
+    files = (args.tls_cert, args.tls_key, args.tls_ca)
+    if all(file is None for file in files):
+        return None
+    if any(file is None for file in files):
+        raise UsageError(f"TCP with mutual TLS needs all of {_TLS_OPTIONS}")
+    try:
+        return TlsMaterial.load(
+            certificate=Path(args.tls_cert), key=Path(args.tls_key), trusted=Path(args.tls_ca)
+        )
+    except TlsError as exc:
+        raise UsageError(f"{exc.code}: {exc}") from exc
+
+
+def _address(args: argparse.Namespace) -> DaemonAddress | TcpAddress:
+    return parse_address(args.daemon, tls=_client_tls(args))
+
+
 def _cmd_record(args: argparse.Namespace) -> int:
-    address = agent_address(parse_address(args.daemon), args.agent_id)
+    address = agent_address(_address(args), args.agent_id)
     delegation = None if args.token is None else _token_delegation_id(args.token)
     cost = None
     if args.cost is not None:
@@ -464,7 +553,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
     log_key = _log_key(args.log_key)
-    with _Client(parse_address(args.daemon), args.timeout) as client:
+    with _Client(_address(args), args.timeout) as client:
         request = log_pb2.GetCheckpointRequest(refresh=args.refresh)
         reply = client.call(client.log.GetCheckpoint, request)
     checkpoint = _verified_checkpoint(reply, log_key)
@@ -482,19 +571,34 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _entry_if_readable(client: _Client, index: int) -> bytes | None:
+    """Entry ``index``'s bytes, or None where this caller may not read raw entries.
+
+    An agent without ``read_all`` still gets proofs (they reveal only hashes); the proof is
+    then checked for the leaf hash the daemon names, without matching it to the entry's bytes.
+    """
+    reply = client.call_if_permitted(
+        client.log.GetEntries, log_pb2.GetEntriesRequest(start=index, count=1)
+    )
+    if reply is None:
+        return None
+    entries = reply.entries
+    if len(entries) != 1:
+        raise _Failure(f"rejected: the daemon returned no entry {index}", EXIT_REJECTED)
+    return bytes(entries[0])
+
+
 def _cmd_proof(args: argparse.Namespace) -> int:
     index, size = args.index, args.size
     if index >= size:
         raise UsageError(f"--index {index} must be below --size {size}")
     log_key = _log_key(args.log_key)
-    with _Client(parse_address(args.daemon), args.timeout) as client:
+    with _Client(_address(args), args.timeout) as client:
         request = log_pb2.GetInclusionProofRequest(leaf_index=index, tree_size=size)
         reply = client.call(client.log.GetInclusionProof, request)
         _check_echo("inclusion proof", (reply.leaf_index, reply.tree_size), (index, size))
-        entries = client.call(
-            client.log.GetEntries, log_pb2.GetEntriesRequest(start=index, count=1)
-        ).entries
-        if len(entries) != 1 or hash_leaf(entries[0]) != reply.leaf_hash:
+        entry = _entry_if_readable(client, index)
+        if entry is not None and hash_leaf(entry) != reply.leaf_hash:
             raise _Failure(
                 f"rejected: the leaf hash is not the hash of entry {index}", EXIT_REJECTED
             )
@@ -534,7 +638,7 @@ def _cmd_consistency(args: argparse.Namespace) -> int:
     if first > second:
         raise UsageError(f"--from {first} must not exceed --to {second}")
     log_key = _log_key(args.log_key)
-    with _Client(parse_address(args.daemon), args.timeout) as client:
+    with _Client(_address(args), args.timeout) as client:
         request = log_pb2.GetConsistencyProofRequest(first=first, second=second)
         reply = client.call(client.log.GetConsistencyProof, request)
         _check_echo("consistency proof", (reply.first, reply.second), (first, second))
@@ -571,8 +675,10 @@ def _cmd_consistency(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.daemon is None and any((args.tls_cert, args.tls_key, args.tls_ca)):
+        raise UsageError(f"{_TLS_OPTIONS} are for --daemon HOST:PORT, not --data-dir")
     if args.daemon is not None:
-        with _Client(parse_address(args.daemon), args.timeout) as client:
+        with _Client(_address(args), args.timeout) as client:
             size = client.export(out)
     else:
         from .log import export_data_dir  # on use: sqlite_utils is slow to import
@@ -629,6 +735,12 @@ def _connection_options(parser: argparse.ArgumentParser, *, daemon: bool = True)
         metavar="SECONDS",
         help=f"deadline of each call to the daemon (default {_DEFAULT_TIMEOUT_S:g})",
     )
+    tls = parser.add_argument_group("TCP with mutual TLS (--daemon HOST:PORT)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="this agent's client certificate (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key (unencrypted PEM)")
+    tls.add_argument(
+        "--tls-ca", metavar="FILE", help="the CA certificate that issued the daemon's (PEM)"
+    )
 
 
 _RECORD_DESCRIPTION = """\
@@ -636,11 +748,14 @@ Record one agent call in the daemon's log and print the new entry's index (an in
 nothing else on standard output) once the entry is durable.
 
 The agent is never named in the request: tallystickd decides who is calling by the socket the
-call arrives on. DATA_DIR/agents/ID.sock is agent ID's socket (tallystickd --agent ID). So:
+call arrives on, or over TCP by the client certificate. DATA_DIR/agents/ID.sock is agent ID's
+socket (tallystickd --agent ID). So:
   --daemon unix:DATA_DIR/tallystickd.sock   the shared socket: the call goes to
                                             DATA_DIR/agents/<--agent-id>.sock instead;
-  --daemon unix:DATA_DIR/agents/ID.sock     used as given; --agent-id must be ID.
-Whoever may open an agent's socket may record as that agent.
+  --daemon unix:DATA_DIR/agents/ID.sock     used as given; --agent-id must be ID;
+  --daemon HOST:PORT                        TCP with mutual TLS: --tls-cert must be a
+                                            certificate for tallystick://agent/<--agent-id>.
+Whoever may open an agent's socket, or holds its certificate and key, may record as it.
 
 --token FILE (or - for standard input) names the delegation that authorised the call; it is
 parsed, not verified, and recorded as the call's delegation id: an HDP token's
@@ -662,7 +777,7 @@ def _add_record(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--daemon",
         required=True,
         metavar="ADDR",
-        help="unix:DATA_DIR/tallystickd.sock or unix:DATA_DIR/agents/ID.sock",
+        help="unix:DATA_DIR/tallystickd.sock, unix:DATA_DIR/agents/ID.sock or HOST:PORT",
     )
     record.add_argument(
         "--agent-id",

@@ -7,7 +7,9 @@ one table, :data:`STATUS_BY_CODE` then :data:`STATUS_BY_TYPE`. Every non-OK stat
 stable reason code as trailing metadata ``tallystick-reason``. Request content is never logged.
 
 One ``grpc.server`` serves each socket (the shared one and one per agent); all of them share
-one thread pool, one log and one health service.
+one thread pool, one log and one health service. The optional TCP port is one more server,
+with mutual TLS: each of its calls runs with the handlers of the agent its verified client
+certificate names (:class:`_ByClientCertificate`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import fcntl
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +37,23 @@ from tallystick.verifier.checkpoint import SignedCheckpoint
 from tallystick.verifier.logentry import CallBody, EntryKind
 from tallystick.verifier.merkle import hash_leaf
 
-from ._proto import ledger_pb2, log_pb2
+from ._proto import delegation_pb2, ledger_pb2, log_pb2, query_pb2
+from .agent_keys import AgentKeys
 from .config import Config
+from .delegation import Access, DelegationService, TokenBook
 from .errors import LogInconsistent, LogUnavailable
-from .identity import Caller, Listener, listeners, private_umask, secure_socket
+from .identity import (
+    Caller,
+    Listener,
+    TcpListener,
+    certificate_caller,
+    listeners,
+    private_umask,
+    secure_socket,
+    tcp_listener,
+)
 from .log import Log
+from .query import QueryService
 
 __all__ = [
     "EXPORT_CHUNK_BYTES",
@@ -65,6 +79,9 @@ EXPORT_CHUNK_BYTES: Final = 64 * 1024
 
 _LEDGER: Final = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"]
 _LOG: Final = log_pb2.DESCRIPTOR.services_by_name["Log"]
+_DELEGATION: Final = delegation_pb2.DESCRIPTOR.services_by_name["Delegation"]
+_QUERY: Final = query_pb2.DESCRIPTOR.services_by_name["Query"]
+_SERVICES: Final = (_LEDGER.full_name, _LOG.full_name, _DELEGATION.full_name, _QUERY.full_name)
 _HEALTH: Final = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 _logger = structlog.get_logger("tallystickd")
@@ -82,11 +99,15 @@ _Status = grpc.StatusCode
 #: Exact reason codes whose status differs from their exception type's.
 STATUS_BY_CODE: Final[Mapping[str, grpc.StatusCode]] = {
     "auth.no_agent_identity": _Status.PERMISSION_DENIED,
+    "auth.unknown_agent": _Status.PERMISSION_DENIED,
     "log.size_out_of_range": _Status.OUT_OF_RANGE,
     "log.start_out_of_range": _Status.OUT_OF_RANGE,
     "merkle.index_out_of_range": _Status.OUT_OF_RANGE,
     "merkle.bad_size": _Status.OUT_OF_RANGE,
     "log.not_found": _Status.NOT_FOUND,
+    "delegation.unknown_token": _Status.NOT_FOUND,
+    "delegation.unknown_agent": _Status.NOT_FOUND,
+    "query.index_out_of_range": _Status.OUT_OF_RANGE,
 }
 
 #: Status by exception type; the most specific class in an error's MRO wins.
@@ -506,10 +527,28 @@ def _serialize(message: Message) -> bytes:
     return data
 
 
+_Methods = Mapping[str, tuple[type[Message], Callable[[Any], Message]]]
+
+
+def _parsing(
+    request_type: type[Message], handler: Callable[[Any], Message]
+) -> Callable[[bytes], Message]:
+    return lambda raw: handler(parse_request(request_type, raw))
+
+
 def _generic_handlers(
-    caller: Caller, ledger: LedgerService, log: LogService, metrics: _Metrics | None
+    caller: Caller,
+    ledger: LedgerService,
+    log: LogService,
+    metrics: _Metrics | None,
+    services: Sequence[tuple[str, _Methods]] = (),
+    *,
+    reads_entries: bool,
 ) -> list[grpc.GenericRpcHandler]:
     rpc = _Rpc(caller, metrics)
+    get_entries, export_bundle = log.get_entries, log.export_bundle
+    if not reads_entries:
+        get_entries, export_bundle = _refused_entries, _refused_export
     ledger_methods = {
         "RecordCall": rpc.unary("RecordCall", ledger.record_call),
         "RecordCalls": rpc.unary("RecordCalls", ledger.record_calls),
@@ -519,13 +558,123 @@ def _generic_handlers(
         "GetCheckpoint": rpc.unary("GetCheckpoint", log.get_checkpoint),
         "GetInclusionProof": rpc.unary("GetInclusionProof", log.get_inclusion_proof),
         "GetConsistencyProof": rpc.unary("GetConsistencyProof", log.get_consistency_proof),
-        "GetEntries": rpc.unary("GetEntries", log.get_entries),
-        "ExportBundle": rpc.stream_out("ExportBundle", log.export_bundle),
+        "GetEntries": rpc.unary("GetEntries", get_entries),
+        "ExportBundle": rpc.stream_out("ExportBundle", export_bundle),
     }
+    # Services whose handlers take the parsed request (Delegation, Query): all unary.
+    unary = [
+        grpc.method_handlers_generic_handler(
+            name,
+            {
+                method: rpc.unary(method, _parsing(request_type, handler))
+                for method, (request_type, handler) in methods.items()
+            },
+        )
+        for name, methods in services
+    ]
     return [
         grpc.method_handlers_generic_handler(_LEDGER.full_name, ledger_methods),
         grpc.method_handlers_generic_handler(_LOG.full_name, log_methods),
+        *unary,
     ]
+
+
+def _entries_not_permitted() -> errors.PolicyViolation:
+    return errors.PolicyViolation(
+        "raw entries hold every principal's records: read them on the shared socket, or "
+        "configure this agent with read_all = true",
+        code="auth.not_permitted",
+    )
+
+
+def _refused_entries(raw: bytes) -> log_pb2.GetEntriesResponse:
+    raise _entries_not_permitted()
+
+
+def _refused_export(raw: bytes) -> Iterator[log_pb2.BundleChunk]:
+    raise _entries_not_permitted()
+
+
+_HANDLER_KINDS: Final = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _find(
+    handlers: Sequence[grpc.GenericRpcHandler], details: grpc.HandlerCallDetails
+) -> grpc.RpcMethodHandler | None:
+    for handler in handlers:
+        found = handler.service(details)
+        if found is not None:
+            return found
+    return None
+
+
+class _ByClientCertificate(grpc.GenericRpcHandler):
+    """The TCP port's services: each call runs with the handlers of the agent its verified
+    client certificate names (``by_agent``); ``template`` (the shared socket's handlers) gives
+    the methods served and their shapes. A certificate naming no configured agent is refused
+    before any service runs, with the reason trailer like every other rejection.
+    """
+
+    def __init__(
+        self,
+        template: Sequence[grpc.GenericRpcHandler],
+        by_agent: Mapping[str, Sequence[grpc.GenericRpcHandler]],
+    ) -> None:
+        self._template = template
+        self._by_agent = by_agent
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        shape = _find(self._template, handler_call_details)
+        if shape is None:
+            return None
+
+        def route(request: Any, context: grpc.ServicerContext) -> Any:
+            handler = self._agent_handler(context, handler_call_details)
+            behavior = (
+                handler.unary_unary
+                or handler.unary_stream
+                or handler.stream_unary
+                or handler.stream_stream
+            )
+            return behavior(request, context)
+
+        kind = _HANDLER_KINDS[(shape.request_streaming, shape.response_streaming)]
+        return kind(
+            route,
+            request_deserializer=shape.request_deserializer,
+            response_serializer=shape.response_serializer,
+        )
+
+    def _agent_handler(
+        self, context: grpc.ServicerContext, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        try:
+            caller = certificate_caller(context.auth_context(), self._by_agent)
+        except errors.TallystickError as exc:
+            method = details.method.rpartition("/")[2]
+            status = status_for(exc)
+            _logger.info(
+                "rpc.rejected",
+                method=method,
+                transport="tcp",
+                status=status.name,
+                reason=exc.code,
+                detail=str(exc),
+            )
+            context.set_trailing_metadata(((REASON_KEY, exc.code),))
+            context.abort(status, str(exc))
+            raise AssertionError("ServicerContext.abort returns only by raising") from exc
+        assert caller.agent is not None
+        handler = _find(self._by_agent[caller.agent], details)
+        assert handler is not None  # every agent serves the template's methods
+        return handler
 
 
 # --- the daemon -------------------------------------------------------------------------
@@ -567,6 +716,8 @@ class Daemon:
         self._metrics = metrics
         self._metrics_http: Any = None
         self._servers: list[tuple[Listener, grpc.Server]] = []
+        self._tcp_server: grpc.Server | None = None
+        self._tcp_address: str | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
 
@@ -575,7 +726,8 @@ class Daemon:
         """Open (or create) the log in ``config.data_dir`` and serve every socket.
 
         :raises DaemonError: ``daemon.already_running`` or ``daemon.bind_failed``.
-        :raises ConfigError: socket owner, group or mode cannot be set.
+        :raises ConfigError: socket owner, group or mode cannot be set; TLS files that cannot
+            be read or do not match (:class:`~.tls.TlsError`, ``tls.*``).
         :raises LogInconsistent: the stored log fails its start-up check.
         """
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -612,16 +764,12 @@ class Daemon:
         if config.agents and not agents_dir.exists():
             agents_dir.mkdir()
             agents_dir.chmod(0o711)  # agents of other users reach their own socket, list nothing
+        self._keys = AgentKeys.open(config.data_dir, config.agents)
+        self._book = TokenBook(self.log, self._keys)
+        self._access = Access.from_config(config)
         for listener in listeners(config):
             server = grpc.server(self._pool, options=options)
-            ledger = LedgerService(self.log, listener.caller, limits)
-            server.add_generic_rpc_handlers(
-                _generic_handlers(listener.caller, ledger, log_service, self._metrics)
-            )
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-            reflection.enable_server_reflection(
-                (_LEDGER.full_name, _LOG.full_name, _HEALTH, reflection.SERVICE_NAME), server
-            )
+            self._add_services(server, self._rpc_handlers(listener.caller, limits, log_service))
             self._servers.append((listener, server))
             try:
                 with private_umask():
@@ -631,9 +779,12 @@ class Daemon:
                     f"cannot listen on {listener.address}: bind failed", code="daemon.bind_failed"
                 ) from exc
             secure_socket(listener)
-        for _, server in self._servers:
+        tcp = tcp_listener(config)
+        if tcp is not None:
+            self._bind_tcp(tcp, options, limits, log_service)
+        for server in self._grpc_servers:
             server.start()
-        for service in ("", _LEDGER.full_name, _LOG.full_name):
+        for service in ("", *_SERVICES):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if config.metrics_address and self._metrics is not None:
             host, _, port = config.metrics_address.rpartition(":")
@@ -646,9 +797,76 @@ class Daemon:
             origin=self.log.origin,
             log_size=self.log.size,
             sockets=[listener.address for listener in self.listeners],
+            tcp=self._tcp_address,
             agents=sorted(config.agents),
             metrics=config.metrics_address,
         )
+
+    def _rpc_handlers(
+        self, caller: Caller, limits: Limits, log_service: LogService
+    ) -> list[grpc.GenericRpcHandler]:
+        """The RPC services as ``caller`` sees them (on its socket, or over TCP)."""
+        ledger = LedgerService(self.log, caller, limits)
+        delegation = DelegationService(self._book, self._keys, self.log, self._access, caller)
+        query = QueryService(self._book, self.log, self._access, caller)
+        services = [
+            (_DELEGATION.full_name, delegation.methods()),
+            (_QUERY.full_name, query.methods()),
+        ]
+        # Raw entries hold every principal's records: the shared socket (the operator's, by its
+        # file mode) may read them, an agent only when configured with read_all.
+        reads_entries = caller.agent is None or caller.agent in self._access.read_all
+        return _generic_handlers(
+            caller, ledger, log_service, self._metrics, services, reads_entries=reads_entries
+        )
+
+    def _add_services(
+        self, server: grpc.Server, handlers: Sequence[grpc.GenericRpcHandler]
+    ) -> None:
+        server.add_generic_rpc_handlers(tuple(handlers))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((*_SERVICES, _HEALTH, reflection.SERVICE_NAME), server)
+
+    def _bind_tcp(
+        self,
+        tcp: TcpListener,
+        options: Sequence[tuple[str, Any]],
+        limits: Limits,
+        log_service: LogService,
+    ) -> None:
+        material = tcp.load_tls()
+        credentials = grpc.ssl_server_credentials(
+            [(material.private_key, material.certificate_chain)],
+            root_certificates=material.trusted_roots,
+            require_client_auth=True,  # no client certificate, no handshake
+        )
+        by_agent = {
+            agent: self._rpc_handlers(Caller(agent), limits, log_service)
+            for agent in sorted(self.config.agents)
+        }
+        template = self._rpc_handlers(Caller(None), limits, log_service)
+        server = grpc.server(self._pool, options=options)
+        self._add_services(server, [_ByClientCertificate(template, by_agent)])
+        self._tcp_server = server
+        try:
+            port = server.add_secure_port(tcp.address(), credentials)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise DaemonError(
+                f"cannot listen on {tcp.address()}: bind failed", code="daemon.bind_failed"
+            )
+        self._tcp_address = tcp.address(port)
+
+    @property
+    def _grpc_servers(self) -> list[grpc.Server]:
+        tcp = [] if self._tcp_server is None else [self._tcp_server]
+        return [server for _, server in self._servers] + tcp
+
+    @property
+    def tcp_address(self) -> str | None:
+        """The TCP port served with mutual TLS, ``HOST:PORT`` as bound, or None when off."""
+        return self._tcp_address
 
     @property
     def listeners(self) -> list[Listener]:
@@ -672,7 +890,7 @@ class Daemon:
             grace = self.config.grace_seconds if grace is None else grace
             _logger.info("tallystickd.draining", grace_seconds=grace)
             self._health.enter_graceful_shutdown()
-            done = [server.stop(grace) for _, server in self._servers]
+            done = [server.stop(grace) for server in self._grpc_servers]
             for event in done:
                 event.wait()
             # Handlers cut off by the grace period may still be running; wait for them

@@ -17,7 +17,9 @@ OpenTelemetry GenAI conventions name it, unknown as null, never 0); the other
 kinds carry protocol objects (tokens, reports) that their own modules verify.
 A ``delegation`` body is a :class:`DelegationBody`: the token as issued, in its
 own format, and the issuer's public key, so an offline verifier can check the
-token's signatures (:mod:`~tallystick.verifier.logbundle` does).
+token's signatures (:mod:`~tallystick.verifier.logbundle` does). A ``revocation``
+body written by tallystickd is a :class:`RevocationBody` (checked with its
+``from_body``; :class:`LogEntry` itself does not insist on either model).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ __all__ = [
     "DelegationFormat",
     "EntryKind",
     "LogEntry",
+    "RevocationBody",
     "Usage",
 ]
 
@@ -213,6 +216,26 @@ class DelegationBody(_Strict):
         :raises MalformedInput: the body does not fit (``log.entry_malformed``).
         """
         return _validate(cls, body, "delegation")
+
+
+class RevocationBody(_Strict):
+    """A ``revocation`` entry's body: the id of a token the sidecar revoked, and why.
+
+    ``token_id`` is the id the token was issued under: the HDP ``header.token_id``, the
+    compact AIP ``jti``, or ``sha256:`` + base64url SHA-256 of a chained AIP token's text.
+    """
+
+    format: DelegationFormat
+    token_id: StrictStr = Field(min_length=1, max_length=256)
+    reason: StrictStr | None = Field(default=None, max_length=1024)
+
+    @classmethod
+    def from_body(cls, body: Any) -> Self:
+        """Validate a ``revocation`` entry's body.
+
+        :raises MalformedInput: the body does not fit (``log.entry_malformed``).
+        """
+        return _validate(cls, body, "revocation")
 
 
 _Model = TypeVar("_Model", bound=_Strict)

@@ -91,18 +91,18 @@ def test_agents_from_toml_env_and_flags(tmp_path: Path) -> None:
     ("flags", "environ", "toml", "expected"),
     [
         pytest.param(
-            {"listen_tcp": "127.0.0.1:7000"},
+            {"listen_tcp": "7000"},
             {},
             "",
-            "listen_tcp (flag --listen-tcp): tcp requires mtls, not yet supported",
-            id="tcp-flag",
+            "listen_tcp (flag --listen-tcp): '7000' is not HOST:PORT",
+            id="tcp-flag-without-host",
         ),
         pytest.param(
             {},
             {},
-            'listen_tcp = "0.0.0.0:7000"\n',
-            "tcp requires mtls, not yet supported",
-            id="tcp-toml",
+            'listen_tcp = "::1:7000"\n',
+            "an IPv6 host as [ADDR]:PORT",
+            id="tcp-toml-unbracketed-ipv6",
         ),
         pytest.param(
             {},
@@ -214,8 +214,8 @@ def test_cli_print_config_applies_precedence(
     assert sorted(printed["agents"]) == ["a", "b"]
 
 
-def test_cli_refuses_tcp_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_tcp_without_tls_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--listen-tcp", "127.0.0.1:7000"]) == 2
     err = capsys.readouterr().err
-    assert "tallystickd: config.invalid:" in err
-    assert "tcp requires mtls, not yet supported" in err
+    assert "tallystickd: config.tls_incomplete:" in err
+    assert "listen_tcp needs mutual TLS: set tls_cert, tls_key, tls_client_ca" in err

@@ -226,17 +226,31 @@ def test_checkpoint_verifies_offline_with_log_pub(served: RunningDaemon) -> None
     assert latest.checkpoint == reply.checkpoint  # nothing new since the refresh
 
 
+def test_agents_cannot_read_raw_entries_without_read_all(served: RunningDaemon) -> None:
+    served.ledger("alice").RecordCall(ledger_pb2.RecordCallRequest(call=make_call()))
+    log = served.log(served.agent("bob"))
+    with pytest.raises(grpc.RpcError) as caught:
+        log.GetEntries(log_pb2.GetEntriesRequest(start=0, count=1))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert reason(caught.value) == "auth.not_permitted"
+    with pytest.raises(grpc.RpcError) as caught:
+        list(log.ExportBundle(log_pb2.ExportBundleRequest()))
+    assert reason(caught.value) == "auth.not_permitted"
+    assert served.log().GetEntries(log_pb2.GetEntriesRequest(start=0, count=1)).entries
+
+
 def test_inclusion_proofs_verify_against_the_signed_checkpoint(served: RunningDaemon) -> None:
     served.ledger("alice").RecordCalls(
         ledger_pb2.RecordCallsRequest(calls=[make_call() for _ in range(9)])
     )
     checkpoint, _ = _checkpoint(served)
-    log = served.log(served.agent("bob"))  # read-only calls work on agent sockets too
+    log = served.log(served.agent("bob"))  # proofs work on agent sockets too
     for index in (0, 1, checkpoint.size // 2, checkpoint.size - 1):
         proof = log.GetInclusionProof(
             log_pb2.GetInclusionProofRequest(leaf_index=index, tree_size=checkpoint.size)
         )
-        (raw,) = log.GetEntries(log_pb2.GetEntriesRequest(start=index, count=1)).entries
+        request = log_pb2.GetEntriesRequest(start=index, count=1)
+        (raw,) = served.log().GetEntries(request).entries  # raw entries: the shared socket
         assert proof.leaf_hash == hash_leaf(raw)
         assert proof.root_hash == checkpoint.root_hash
         verify_inclusion(
@@ -572,6 +586,8 @@ def test_reflection_lists_the_services(served: RunningDaemon) -> None:
     assert names == {
         "tallystick.v1.Ledger",
         "tallystick.v1.Log",
+        "tallystick.v1.Delegation",
+        "tallystick.v1.Query",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
