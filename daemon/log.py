@@ -25,13 +25,13 @@ Contracts:
   appends then raise ``log.storage_failed`` until a restart runs the self-check again.
 
 The bundle (:meth:`Log.export`, :func:`export_data_dir`) is JSON Lines of canonical JSON: a
-header ``{"format", "origin", "log_vkey", "size"}``, one ``{"entry": base64}`` per entry in index
+header ``{"format", "origin", "log_vkey", "size"}``, for a rotated log its key history as
+``{"key_document": ...}`` lines (``log_keys``), one ``{"entry": base64}`` per entry in index
 order, then ``{"checkpoint": note}`` lines by ascending size.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import threading
@@ -47,12 +47,18 @@ from tallystick.verifier.checkpoint import (
     NoteSigner,
     NoteVerifier,
     sign_checkpoint,
-    verify_checkpoint,
 )
 from tallystick.verifier.errors import MalformedInput, TallystickError
-from tallystick.verifier.keys import PrivateKey, PublicKey, load_private_key, save_private_key
-from tallystick.verifier.logbundle import encode_bundle
-from tallystick.verifier.logentry import GENESIS_PREV, EntryKind, LogEntry
+from tallystick.verifier.keys import KeyDocument, PrivateKey, PublicKey, load_private_key
+from tallystick.verifier.logbundle import LogKeys, encode_bundle
+from tallystick.verifier.logentry import (
+    GENESIS_PREV,
+    CallBody,
+    EntryKind,
+    LogEntry,
+    _validated_call,
+    _ValidatedCall,
+)
 from tallystick.verifier.merkle import (
     EMPTY_ROOT,
     MerkleTree,
@@ -63,7 +69,9 @@ from tallystick.verifier.merkle import (
     verify_inclusion,
 )
 
+from . import log_keys
 from .errors import LogInconsistent, LogUnavailable
+from .log_keys import KEY_FILE, PUB_FILE
 from .storage import sqlite as storage
 from .storage.sqlite import Store, StoredCheckpoint
 
@@ -75,11 +83,7 @@ __all__ = [
     "self_check",
 ]
 
-KEY_FILE: Final = "log.key"
-PUB_FILE: Final = "log.pub"
-
 _DIR_MODE: Final = 0o700
-_PUB_MODE: Final = 0o644
 _DEFAULT_ORIGIN_PREFIX: Final = "tallystick.local/"
 _ORIGIN_KEY_CHARS: Final = 16
 #: Beyond any index SQLite stores (INTEGER is signed 64-bit): "every row".
@@ -160,9 +164,11 @@ def _check_link(index: int, entry: LogEntry, prev: bytes) -> None:
         )
 
 
-def _check_checkpoint(row: StoredCheckpoint, verifier: NoteVerifier, root: bytes) -> None:
+def _check_checkpoint(row: StoredCheckpoint, keys: LogKeys, root: bytes, store: Store) -> None:
     try:
-        checkpoint = verify_checkpoint(row.note, verifiers=[verifier], origin=verifier.name)
+        checkpoint = keys.verify(row.note)
+        if keys.rotated:
+            keys.check_in_service(row.note, newest_entry_ms=_newest_entry_ms(store, row.size))
     except TallystickError as exc:
         raise LogInconsistent(f"checkpoint at size {row.size}: {exc} ({exc.code})") from exc
     if checkpoint.size != row.size or checkpoint.root_hash != row.root:
@@ -175,6 +181,17 @@ def _check_checkpoint(row: StoredCheckpoint, verifier: NoteVerifier, root: bytes
             f"tree vs checkpoint: the stored tree's root at size {row.size} is not the "
             "checkpoint's root"
         )
+
+
+def _newest_entry_ms(store: Store, size: int) -> int:
+    """The time of entry ``size - 1`` (0 for none): when a checkpoint of ``size`` was due."""
+    if not size:
+        return 0
+    rows = list(store.entry_rows(size - 1, size))
+    if len(rows) != 1:
+        raise LogInconsistent(f"entries: entry {size - 1} is missing")
+    index, raw, leaf = rows[0]
+    return _parse_row(index, raw, leaf).time_ms
 
 
 def _compare_tail_nodes(store: Store, computed: list[tuple[int, int, bytes]]) -> None:
@@ -229,7 +246,7 @@ def _check_tail(store: Store, latest: StoredCheckpoint, size: int) -> _Tip:
     return _Tip(size, prev, border, time_ms)
 
 
-def _check_signed_prefix(store: Store, verifier: NoteVerifier, signed_size: int) -> None:
+def _check_signed_prefix(store: Store, keys: LogKeys, signed_size: int) -> None:
     """Every entry a checkpoint covers still hashes to its leaf, and every checkpoint row is
     signed and is the root of those leaves.
 
@@ -248,10 +265,10 @@ def _check_signed_prefix(store: Store, verifier: NoteVerifier, signed_size: int)
         if row.size in sizes:
             raise LogInconsistent(f"checkpoint at size {row.size}: two different rows (a fork)")
         sizes.add(row.size)
-        _check_checkpoint(row, verifier, tree.root(row.size))
+        _check_checkpoint(row, keys, tree.root(row.size), store)
 
 
-def _check_all(store: Store, verifier: NoteVerifier, size: int) -> _Tip:
+def _check_all(store: Store, keys: LogKeys, size: int) -> _Tip:
     """Every entry, every node and every checkpoint, from scratch."""
     tree = MerkleTree()
     prev, time_ms = GENESIS_PREV, 0
@@ -272,39 +289,37 @@ def _check_all(store: Store, verifier: NoteVerifier, size: int) -> _Tip:
         if row.time_ms < previous_time:
             raise LogInconsistent(f"checkpoint at size {row.size}: older than a smaller one")
         previous_time = row.time_ms
-        _check_checkpoint(row, verifier, tree.root(row.size))
+        _check_checkpoint(row, keys, tree.root(row.size), store)
     return _Tip(size, prev, _load_border(tree, size), time_ms)
 
 
-def self_check(store: Store, verifier: NoteVerifier, *, full: bool = False) -> StoredCheckpoint:
+def self_check(store: Store, keys: LogKeys, *, full: bool = False) -> StoredCheckpoint:
     """Check the stored log against itself and its newest checkpoint; return that checkpoint.
 
     Always: the format version, that entry indices are contiguous, the node count of a tree of
     that size; that every entry up to the newest checkpoint hashes to its stored leaf and every
-    checkpoint row is signed (``verifier``) and is the root of those leaves, one row per size;
+    checkpoint row is signed by ``keys`` (for a rotated log: by a key in service at the time
+    of its newest entry, ``tallystick.daemon.log_keys``) and is the root of those leaves, one
+    row per size;
     that the stored tree's root at the newest checkpoint is its root; and the hash chain, leaf
     hashes and nodes of every entry after it. ``full`` also re-parses every entry and
     recomputes every stored node.
 
     :raises LogInconsistent: the first contradiction found, naming the index, size or node.
     """
-    return _checked_tip(store, verifier, full=full)[1]
+    return _checked_tip(store, keys, full=full)[1]
 
 
-def _checked_tip(
-    store: Store, verifier: NoteVerifier, *, full: bool
-) -> tuple[_Tip, StoredCheckpoint]:
+def _checked_tip(store: Store, keys: LogKeys, *, full: bool) -> tuple[_Tip, StoredCheckpoint]:
     try:
-        return _run_checks(store, verifier, full=full)
+        return _run_checks(store, keys, full=full)
     except LogUnavailable as exc:
         # A node the checks need is gone, or SQLite cannot read the file: either way the
         # stored log cannot be vouched for.
         raise LogInconsistent(f"self-check: {exc}") from exc
 
 
-def _run_checks(
-    store: Store, verifier: NoteVerifier, *, full: bool
-) -> tuple[_Tip, StoredCheckpoint]:
+def _run_checks(store: Store, keys: LogKeys, *, full: bool) -> tuple[_Tip, StoredCheckpoint]:
     version = store.meta("format_version")
     if version != storage.FORMAT_VERSION:
         raise LogInconsistent(
@@ -330,10 +345,11 @@ def _run_checks(
             f"checkpoint at size {latest.size}: only {size} entries are stored (truncated?)"
         )
     if full:
-        tip = _check_all(store, verifier, size)
+        tip = _check_all(store, keys, size)
     else:
-        _check_signed_prefix(store, verifier, latest.size)
-        _check_checkpoint(latest, verifier, ProofBuilder(store, size=size).root(latest.size))
+        _check_signed_prefix(store, keys, latest.size)
+        root = ProofBuilder(store, size=size).root(latest.size)
+        _check_checkpoint(latest, keys, root, store)
         tip = _check_tail(store, latest, size)
     return tip, latest
 
@@ -341,39 +357,11 @@ def _run_checks(
 # -- keys --------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create_key(data_dir: Path) -> PrivateKey:
     """A fresh log key in ``log.key`` (0600) and ``log.pub``, each durable before it is used."""
     key = PrivateKey.generate()
-    staged = data_dir / (KEY_FILE + ".new")
-    staged.unlink(missing_ok=True)  # left by a crash before the rename below
-    save_private_key(staged, key)
-    fd = os.open(staged, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    staged.replace(data_dir / KEY_FILE)
-    _write_pub(data_dir, key.public_key)
-    _fsync_dir(data_dir)
+    log_keys.install_key(data_dir, key)
     return key
-
-
-def _write_pub(data_dir: Path, public_key: PublicKey) -> None:
-    staged = data_dir / (PUB_FILE + ".new")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PUB_MODE)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(public_key.to_b64url() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    staged.replace(data_dir / PUB_FILE)
 
 
 def _load_key(data_dir: Path, *, log_exists: bool) -> PrivateKey:
@@ -385,7 +373,7 @@ def _load_key(data_dir: Path, *, log_exists: bool) -> PrivateKey:
     key = load_private_key(key_path)
     pub_path = data_dir / PUB_FILE
     if not pub_path.exists():
-        _write_pub(data_dir, key.public_key)  # a crash between the two files
+        log_keys.write_pub(data_dir, key.public_key)  # a crash between the two files
     elif pub_path.read_text(encoding="ascii").strip() != key.public_key.to_b64url():
         raise LogInconsistent(f"keys: {pub_path} is not the public half of {key_path}")
     return key
@@ -402,6 +390,7 @@ def _write_bundle(
     size: int,
     entries: Iterable[tuple[int, bytes, bytes]],
     checkpoints: Iterable[StoredCheckpoint],
+    key_documents: Sequence[KeyDocument],
 ) -> None:
     """Write the bundle to a staging file and rename it, so ``out`` is never half written."""
     out = Path(out)
@@ -415,6 +404,7 @@ def _write_bundle(
                     size=size,
                     entries=(raw for _, raw, _ in entries),
                     checkpoints=(row.note for row in checkpoints),
+                    key_documents=key_documents,
                 )
             )
         staged.replace(out)
@@ -444,6 +434,7 @@ def export_data_dir(data_dir: Path, out: Path) -> int:
             public_key = _stored_public_key(data_dir)
             vkey = NoteVerifier.from_public_key(origin, public_key).vkey
             size = snap.count_entries()
+            history = log_keys.read_history(data_dir)
             _write_bundle(
                 out,
                 origin=origin,
@@ -451,6 +442,7 @@ def export_data_dir(data_dir: Path, out: Path) -> int:
                 size=size,
                 entries=snap.entry_rows(0, _ALL),
                 checkpoints=snap.checkpoints(_ALL),
+                key_documents=history if len(history) > 1 else (),
             )
     finally:
         store.close()
@@ -473,14 +465,21 @@ def _stored_public_key(data_dir: Path) -> PublicKey:
 _LONG_DIGIT_RUN: Final = re.compile(rb"[0-9]{16}")
 
 
+#: What an append carries: a body to validate, or a ``call`` body validated already.
+_Body = dict[str, Any] | _ValidatedCall
+
+
 def _entry_bytes(
-    index: int, prev: bytes, kind: EntryKind, time_ms: int, agent: str, body: dict[str, Any]
+    index: int, prev: bytes, kind: EntryKind, time_ms: int, agent: str, body: _Body
 ) -> bytes:
     """The exact bytes of a new entry, refused unless they parse back as exactly that entry.
 
     :raises MalformedInput: a field or body that does not fit, or a body (an integer beyond
         2^53, nesting beyond 64) whose canonical bytes the strict parser would refuse later.
     """
+    if isinstance(body, _ValidatedCall):  # only append_calls makes these, for CALL entries
+        # CallBody bounds every integer to 2^53 - 1 and nests three deep: nothing to re-parse.
+        return LogEntry._call_bytes(index, prev, time_ms, agent, body)
     try:
         raw = LogEntry(index, prev, kind, time_ms, agent, body).to_bytes()
         # Of the strict parser's refusals, canonical bytes of a dict can only hit two: nesting
@@ -500,7 +499,7 @@ class _Request:
     __slots__ = ("_done", "error", "force_checkpoint", "indices", "items")
 
     def __init__(
-        self, items: Sequence[tuple[EntryKind, str, dict[str, Any]]], *, force_checkpoint: bool
+        self, items: Sequence[tuple[EntryKind, str, _Body]], *, force_checkpoint: bool
     ) -> None:
         self.items = items
         self.force_checkpoint = force_checkpoint
@@ -544,10 +543,15 @@ class Log:
         every_entries: int,
         every_ms: int,
         clock_ms: Callable[[], int],
+        overlap: tuple[NoteSigner, int] | None = None,
+        key_documents: Sequence[KeyDocument] = (),
     ) -> None:
         """Private: use :meth:`open`."""
         self._store = store
         self._signer = signer
+        # A key retired by a rotation co-signs checkpoints until the given time (log_keys).
+        self._overlap = overlap
+        self._key_documents = key_documents
         self._every_entries = every_entries
         self._every_ms = every_ms
         self._clock_ms = clock_ms
@@ -624,8 +628,11 @@ class Log:
                     f"meta: the log's origin is {stored_origin!r}, not {origin!r}",
                     code="log.origin_mismatch",
                 )
-            signer = NoteSigner(stored_origin, key)
-            tip, checkpoint = _checked_tip(store, signer.verifier, full=full_check)
+            if not log_exists:
+                log_keys.create_history(data_dir, origin=stored_origin, key=key)
+            key_set = log_keys.load(data_dir, origin=stored_origin, key=key)
+            signer = NoteSigner(stored_origin, key_set.key)
+            tip, checkpoint = _checked_tip(store, key_set.keys, full=full_check)
             store.load_upper_levels()
         except BaseException:
             store.close()
@@ -638,6 +645,8 @@ class Log:
             every_entries=checkpoint_every_entries,
             every_ms=checkpoint_every_ms,
             clock_ms=clock_ms,
+            overlap=key_set.overlap,
+            key_documents=key_set.documents,
         )
         log._writer.start()
         if tip.size > checkpoint.size:
@@ -691,6 +700,20 @@ class Log:
         if not batch:
             return []
         return self._submit(_Request(batch, force_checkpoint=False))
+
+    def append_calls(self, agent: str, bodies: Sequence[CallBody]) -> list[int]:
+        """Append ``call`` entries for validated bodies, atomically, once durable.
+
+        The bodies are not validated again: a :class:`CallBody` is valid by construction. Their
+        canonical bytes are made here, on the caller's thread, not on the writer's.
+
+        :raises MalformedInput: as :meth:`append_batch` (nothing is written).
+        :raises LogUnavailable: as :meth:`append`.
+        """
+        items = tuple((EntryKind.CALL, agent, _validated_call(body)) for body in bodies)
+        if not items:
+            return []
+        return self._submit(_Request(items, force_checkpoint=False))
 
     def _submit(self, request: _Request) -> list[int]:
         with self._wake:
@@ -794,7 +817,10 @@ class Log:
         uncovered = size - last.size
         if not (force or uncovered >= self._every_entries or now - last.time_ms >= self._every_ms):
             return None
-        note = sign_checkpoint(Checkpoint(self._signer.name, size, root), self._signer)
+        signers = [self._signer]
+        if self._overlap is not None and now < self._overlap[1]:
+            signers.append(self._overlap[0])
+        note = sign_checkpoint(Checkpoint(self._signer.name, size, root), *signers)
         return StoredCheckpoint(size, root, note, max(now, last.time_ms))
 
     def _stop(self, reason: str) -> None:
@@ -906,5 +932,6 @@ class Log:
                 size=checkpoint.size,
                 entries=snap.entry_rows(0, checkpoint.size),
                 checkpoints=snap.checkpoints(checkpoint.size),
+                key_documents=self._key_documents,
             )
         return checkpoint.size

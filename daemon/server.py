@@ -27,14 +27,13 @@ from typing import IO, Any, Final, TypeVar
 import grpc
 import structlog
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
 from tallystick.verifier import errors
 from tallystick.verifier.checkpoint import SignedCheckpoint
-from tallystick.verifier.logentry import CallBody, EntryKind
+from tallystick.verifier.logentry import CallBody
 from tallystick.verifier.merkle import hash_leaf
 
 from ._proto import delegation_pb2, ledger_pb2, log_pb2, query_pb2
@@ -143,16 +142,16 @@ def status_for(error: errors.TallystickError) -> grpc.StatusCode:
 # --- requests ---------------------------------------------------------------------------
 
 
-def _unknown_fields(message: Message) -> bool:
-    if len(UnknownFieldSet(message)):
-        return True
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        items = value if field.is_repeated else [value]
-        if any(_unknown_fields(item) for item in items):
-            return True
-    return False
+def _drop_unknown_fields(message: Message) -> bool:
+    """Drop every unknown field, at any depth; True if there was one.
+
+    ``DiscardUnknownFields`` walks every sub-message in C (a Python walk cost more than the
+    parse itself), and serialised size tells whether it dropped anything: every field,
+    unknown ones included, takes at least its tag byte.
+    """
+    size = message.ByteSize()
+    message.DiscardUnknownFields()
+    return message.ByteSize() != size
 
 
 _M = TypeVar("_M", bound=Message)
@@ -173,7 +172,7 @@ def parse_request(message_type: type[_M], raw: bytes) -> _M:
             f"{message_type.DESCRIPTOR.name}: not a valid protobuf message",
             code="input.malformed_message",
         ) from exc
-    if _unknown_fields(message):
+    if _drop_unknown_fields(message):
         raise errors.MalformedInput(
             f"{message_type.DESCRIPTOR.name}: has fields this server does not know",
             code="input.unknown_field",
@@ -181,12 +180,14 @@ def parse_request(message_type: type[_M], raw: bytes) -> _M:
     return message
 
 
-def _optional(message: Message, name: str) -> Any:
-    return getattr(message, name) if message.HasField(name) else None
+#: CallRecord fields with presence that the body holds under the same name, as they are.
+_RECORD_OPTIONALS: Final = frozenset(
+    {"request_id", "latency_ms", "request_sha256", "response_sha256", "delegation_id", "session_id"}
+)
 
 
-def call_body(record: ledger_pb2.CallRecord) -> dict[str, Any]:
-    """The log-entry body of an agent's call record, validated as a ``call`` body.
+def call_body(record: ledger_pb2.CallRecord) -> CallBody:
+    """The log-entry body of an agent's call record, validated (once) as a ``call`` body.
 
     :raises MalformedInput: no usage, or a field that breaks the call-body rules (usage subsets,
         counts above 2^53 - 1, hash or cost formats) (``ledger.call_invalid``).
@@ -196,26 +197,18 @@ def call_body(record: ledger_pb2.CallRecord) -> dict[str, Any]:
             "call: usage is required (leave a count unset inside it when it is unknown)",
             code="ledger.call_invalid",
         )
-    usage = {
-        field.name: _optional(record.usage, field.name) for field in record.usage.DESCRIPTOR.fields
-    }
-    cost = (
-        {"amount": record.cost.amount, "currency": record.cost.currency}
-        if record.HasField("cost")
-        else None
-    )
-    fields = {
+    # ListFields names only what the agent set; what it left unset takes the model's default
+    # (None), so the model is the one an explicit None for each unset field would give.
+    fields: dict[str, Any] = {
         "provider": record.provider,
         "model": record.model,
-        "request_id": _optional(record, "request_id"),
-        "usage": usage,
-        "cost": cost,
-        "latency_ms": _optional(record, "latency_ms"),
-        "request_sha256": _optional(record, "request_sha256"),
-        "response_sha256": _optional(record, "response_sha256"),
-        "delegation_id": _optional(record, "delegation_id"),
-        "session_id": _optional(record, "session_id"),
+        "usage": {field.name: value for field, value in record.usage.ListFields()},
     }
+    for field, value in record.ListFields():
+        if field.name in _RECORD_OPTIONALS:
+            fields[field.name] = value
+    if record.HasField("cost"):
+        fields["cost"] = {"amount": record.cost.amount, "currency": record.cost.currency}
     try:
         body = CallBody.model_validate(fields)
     except ValidationError as exc:
@@ -225,7 +218,7 @@ def call_body(record: ledger_pb2.CallRecord) -> dict[str, Any]:
             f"call: {where}: {str(first['msg']).removeprefix('Value error, ')}",
             code="ledger.call_invalid",
         ) from exc
-    return body.model_dump(mode="json")
+    return body
 
 
 # --- services ---------------------------------------------------------------------------
@@ -251,8 +244,8 @@ class LedgerService:
         """:raises TallystickError: no agent identity, a malformed call, or a log failure."""
         agent = self._caller.require_agent()
         request = parse_request(ledger_pb2.RecordCallRequest, raw)
-        body = call_body(request.call)
-        return ledger_pb2.RecordCallResponse(index=self._log.append(EntryKind.CALL, agent, body))
+        (index,) = self._log.append_calls(agent, [call_body(request.call)])
+        return ledger_pb2.RecordCallResponse(index=index)
 
     def record_calls(self, raw: bytes) -> ledger_pb2.RecordCallsResponse:
         """:raises TallystickError: as :meth:`record_call`, or an empty or oversized batch."""
@@ -264,7 +257,7 @@ class LedgerService:
     def record_call_stream(self, raws: Iterator[bytes]) -> ledger_pb2.RecordCallsResponse:
         """:raises TallystickError: as :meth:`record_calls`; nothing is written on any error."""
         agent = self._caller.require_agent()
-        bodies: list[dict[str, Any]] = []
+        bodies: list[CallBody] = []
         for raw in raws:
             self._check_batch_size(len(bodies) + 1)
             bodies.append(call_body(parse_request(ledger_pb2.RecordCallRequest, raw).call))
@@ -279,9 +272,8 @@ class LedgerService:
                 f"batch: more than {self._limits.max_batch} calls", code="ledger.batch_too_large"
             )
 
-    def _append(self, agent: str, bodies: list[dict[str, Any]]) -> ledger_pb2.RecordCallsResponse:
-        indexes = self._log.append_batch([(EntryKind.CALL, agent, body) for body in bodies])
-        return ledger_pb2.RecordCallsResponse(indexes=indexes)
+    def _append(self, agent: str, bodies: list[CallBody]) -> ledger_pb2.RecordCallsResponse:
+        return ledger_pb2.RecordCallsResponse(indexes=self._log.append_calls(agent, bodies))
 
 
 class LogService:

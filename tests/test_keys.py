@@ -218,3 +218,22 @@ def test_tampered_key_document_is_rejected() -> None:
 def test_malformed_key_documents_are_rejected(raw: str) -> None:
     with pytest.raises(TallystickError):
         KeyDocument.from_json(raw)
+
+
+def test_backdated_successor_is_rejected() -> None:
+    k1, k2, k3 = _keys()
+    v2 = KeyDocument.create(owner=OWNER, key=k1, at_ms=1_000).rotate(
+        old_key=k1, new_key=k2, at_ms=5_000
+    )
+    # k1 was active in v1 at time 2,000: it could sign a successor of v2 dated then.
+    backdated = KeyDocument(
+        owner=OWNER,
+        version=3,
+        issued_at=2_000,
+        prev=v2.digest(),
+        keys=(*v2.keys, KeyDocument.create(owner=OWNER, key=k3, at_ms=2_000).keys[0]),
+    )._signed_by([k1, k3])
+    v1 = KeyDocument.create(owner=OWNER, key=k1, at_ms=1_000)
+    with pytest.raises(ChainBroken) as exc:
+        Keyring.from_documents([v1, v2, backdated], trust_anchor=k1.public_key)
+    assert "dated before" in str(exc.value)

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tallystick.verifier import _cli, aip, hdp
-from tallystick.verifier._internal.encoding import b64_encode
+from tallystick.verifier._internal.encoding import b64_encode, b64url_encode
 from tallystick.verifier.canonical import canonicalize
 from tallystick.verifier.checkpoint import (
     Checkpoint,
@@ -31,7 +31,7 @@ from tallystick.verifier.checkpoint import (
     sign_checkpoint,
 )
 from tallystick.verifier.errors import MalformedInput, TallystickError
-from tallystick.verifier.keys import PrivateKey
+from tallystick.verifier.keys import DocumentSignature, KeyDocument, KeyEntry, PrivateKey
 from tallystick.verifier.logbundle import (
     MAX_LINE_BYTES,
     Bundle,
@@ -467,6 +467,7 @@ def test_damage_kinds_are_the_documented_set() -> None:
         "unanchored_tail",
         "token_invalid",
         "wrong_key",
+        "key_document_invalid",
     }
 
 
@@ -840,3 +841,199 @@ def test_build_parser_loads_the_installed_group() -> None:
     # Whatever is installed under tallystick.cli, the offline commands stay available.
     args = _cli.build_parser().parse_args(["log", "verify", "b", "--log-key", "k"])
     assert args.handler is _cli.cmd_log_verify
+
+
+# -- rotated logs: key documents in the bundle --------------------------------------------------
+
+NEW_KEY = PrivateKey.from_seed(bytes([5]) * 32)
+NEW_SIGNER = NoteSigner(ORIGIN, NEW_KEY)
+#: After entry 3 (T0 + 3000) and before entry 4 (T0 + 4000).
+ROTATED_AT = T0_MS + 3500
+V1 = KeyDocument.create(owner=ORIGIN, key=LOG_KEY, at_ms=0)
+V2 = V1.rotate(old_key=LOG_KEY, new_key=NEW_KEY, at_ms=ROTATED_AT)
+
+
+def sign_document(doc: KeyDocument, *keys: PrivateKey) -> KeyDocument:
+    """``doc`` re-signed by exactly ``keys``: what a forger holding only those keys can make."""
+    body = doc.signed_bytes()
+    signatures = tuple(
+        DocumentSignature(kid=key.kid, sig=b64url_encode(key.sign(body))) for key in keys
+    )
+    return doc.model_copy(update={"signatures": signatures})
+
+
+def rotated_bundle(*, documents: list[KeyDocument] | None = None, last: str | None = None) -> bytes:
+    """Six entries; checkpoints 2 and 4 by the original key, 6 by the new key and the old."""
+    entries = chain([call_body(i) for i in range(6)])
+    checkpoints = [
+        signed(entries, 2),
+        signed(entries, 4),
+        last or sign_checkpoint(Checkpoint(ORIGIN, 6, root_of(entries, 6)), NEW_SIGNER, SIGNER),
+    ]
+    lines = write(entries, checkpoints, vkey=NEW_SIGNER.vkey).split(b"\n", 1)
+    docs = [V1, V2] if documents is None else documents
+    inserted = b"".join(
+        canonicalize({"key_document": doc.model_dump(mode="json")}) + b"\n" for doc in docs
+    )
+    return lines[0] + b"\n" + inserted + lines[1]
+
+
+def root_of(entries: list[bytes], size: int) -> bytes:
+    tree = MerkleTree()
+    tree.extend(hash_leaf(raw) for raw in entries[:size])
+    return tree.root()
+
+
+@pytest.mark.parametrize(
+    "log_key",
+    [
+        pytest.param(LOG_KEY, id="anchor-key"),
+        pytest.param(NEW_KEY, id="current-key"),
+    ],
+)
+def test_a_rotated_bundle_verifies_with_the_anchor_or_a_later_key(log_key: PrivateKey) -> None:
+    raw = rotated_bundle()
+    bundle = Bundle.from_text(raw)
+    assert bundle.key_documents == (V1, V2)
+    assert bundle.to_bytes() == raw
+    report = verify_bundle(bundle, log_key=log_key.public_key)
+    assert report.damage is None
+    assert report.checkpoints == 3
+
+
+def test_a_rotated_bundle_from_the_cli_with_the_anchor_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rotated.bundle"
+    path.write_bytes(rotated_bundle())
+    key = LOG_KEY.public_key.to_b64url()
+    assert _cli.main(["log", "verify", str(path), "--log-key", key, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["valid"] is True
+
+
+def _damage(raw: bytes, log_key: PrivateKey = LOG_KEY) -> Damage:
+    damage = verify_bundle(Bundle.from_text(raw), log_key=log_key.public_key).damage
+    assert damage is not None
+    return damage
+
+
+def test_a_key_unknown_to_the_history_is_the_wrong_key() -> None:
+    damage = _damage(rotated_bundle(), OTHER_KEY)
+    assert (damage.kind, damage.index) == (DamageKind.WRONG_KEY, None)
+    assert "key.not_in_history" in damage.detail
+
+
+def test_a_rotated_bundle_without_its_key_documents_fails_with_the_anchor() -> None:
+    assert _damage(rotated_bundle(documents=[])).kind is DamageKind.WRONG_KEY
+
+
+FORGER = PrivateKey.from_seed(bytes([6]) * 32)
+
+
+def _forged_v2() -> KeyDocument:
+    """V2 adding the forger's key instead, signed only by that new key."""
+    unsigned = V1.rotate(old_key=LOG_KEY, new_key=FORGER, at_ms=ROTATED_AT)
+    return sign_document(unsigned, FORGER)
+
+
+@pytest.mark.parametrize(
+    ("documents", "code"),
+    [
+        pytest.param([V1, _forged_v2()], "key.document_unsigned", id="signed-only-by-new-key"),
+        pytest.param(
+            [V1, sign_document(V2.model_copy(update={"prev": V2.digest()}), LOG_KEY, NEW_KEY)],
+            "key.document_chain",
+            id="broken-prev-link",
+        ),
+        pytest.param([V2], "key.document_chain", id="history-without-version-1"),
+        pytest.param([V2, V1], "key.document_chain", id="reordered"),
+        pytest.param(
+            [V1, V2, V2.rotate(old_key=NEW_KEY, new_key=FORGER, at_ms=ROTATED_AT)],
+            "key.document_chain",
+            id="not-issued-after-its-predecessor",
+        ),
+        pytest.param(
+            [
+                V1,
+                V2,
+                sign_document(
+                    V2.model_copy(
+                        update={
+                            "version": 3,
+                            "issued_at": ROTATED_AT + 1,
+                            "prev": V2.digest(),
+                            "keys": (
+                                *V2.keys,
+                                KeyEntry(
+                                    kid=FORGER.kid,
+                                    pub=FORGER.public_key.to_b64url(),
+                                    valid_from=0,
+                                ),
+                            ),
+                        }
+                    ),
+                    LOG_KEY,
+                    FORGER,
+                ),
+            ],
+            "key.document_unsigned",
+            id="appended-by-the-retired-key",
+        ),
+    ],
+)
+def test_a_bad_key_history_is_key_document_invalid(documents: list[KeyDocument], code: str) -> None:
+    damage = _damage(rotated_bundle(documents=documents))
+    assert (damage.kind, damage.index) == (DamageKind.KEY_DOCUMENT_INVALID, None)
+    assert damage.detail.startswith(code)
+
+
+def test_a_checkpoint_by_a_retired_key_after_its_retirement_is_the_wrong_key() -> None:
+    entries = chain([call_body(i) for i in range(6)])
+    by_retired_key = sign_checkpoint(Checkpoint(ORIGIN, 6, root_of(entries, 6)), SIGNER)
+    damage = _damage(rotated_bundle(last=by_retired_key))
+    assert (damage.kind, damage.index) == (DamageKind.WRONG_KEY, 6)
+    assert "checkpoint.retired_key" in damage.detail
+
+
+def test_the_new_key_may_sign_entries_from_before_its_rotation() -> None:
+    """A recovery checkpoint after a rotation covers old entries: the new key vouches for them."""
+    entries = chain([call_body(i) for i in range(6)])
+    bundle = Bundle.from_text(rotated_bundle())
+    early = sign_checkpoint(Checkpoint(ORIGIN, 3, root_of(entries, 3)), NEW_SIGNER)
+    rebuilt = Bundle(
+        ORIGIN,
+        bundle.log_vkey,
+        bundle.entries,
+        (bundle.checkpoints[0], early, *bundle.checkpoints[1:]),
+        bundle.key_documents,
+    )
+    assert verify_bundle(rebuilt, log_key=LOG_KEY.public_key).damage is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"),
+    [
+        pytest.param(
+            lambda raw: raw.replace(b'"tallystick.keys/v1"', b'"tallystick.keys/v9"', 1),
+            "bundle.bad_key_document",
+            id="unknown-document-type",
+        ),
+        pytest.param(
+            lambda raw: (
+                raw.split(b"\n", 2)[0]
+                + b"\n"
+                + raw.split(b"\n", 2)[2].replace(
+                    b'{"checkpoint"', raw.split(b"\n", 2)[1] + b'\n{"checkpoint"', 1
+                )
+            ),
+            "bundle.bad_order",
+            id="after-an-entry",
+        ),
+    ],
+)
+def test_misplaced_or_malformed_key_document_lines_are_format_errors(
+    mutate: Callable[[bytes], bytes], code: str
+) -> None:
+    with pytest.raises(MalformedInput) as exc:
+        Bundle.from_text(mutate(rotated_bundle(documents=[V1])))
+    assert exc.value.code == code

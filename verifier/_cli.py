@@ -547,7 +547,11 @@ def _build_parser(plugins: Iterable[Register]) -> argparse.ArgumentParser:
         "bundle", metavar="BUNDLE", help="the bundle file, or - for standard input"
     )
     lverify.add_argument(
-        "--log-key", required=True, metavar="KEY", help=f"the log key ({key_help})"
+        "--log-key",
+        required=True,
+        metavar="KEY",
+        help=f"the log key ({key_help}); for a rotated log, pin its original key (or any key "
+        "in the bundle's signed key history)",
     )
     lverify.add_argument("--origin", metavar="O", help="also require this checkpoint origin")
     lverify.add_argument("--json", action="store_true", help="print one JSON object")

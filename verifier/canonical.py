@@ -176,22 +176,39 @@ def _stdlib_matches_jcs(value: Any) -> bool:
     return False  # floats and anything else go to jcs
 
 
+# ``json.dumps`` with these options builds a fresh encoder on every call; one shared encoder
+# (stateless once built) produces the same text without that cost.
+_STDLIB_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _stdlib_canonical(value: Any) -> bytes:
+    """The stdlib encoder's UTF-8 bytes: RFC 8785 only where ``_stdlib_matches_jcs(value)``.
+
+    :raises MalformedInput: a string holds a lone surrogate.
+    """
+    try:
+        return _STDLIB_ENCODER.encode(value).encode("utf-8")
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise MalformedInput(
+            f"json: cannot canonicalize: {exc}", code="input.not_canonicalizable"
+        ) from exc
+
+
 def canonicalize(value: Any) -> bytes:
     """RFC 8785 canonical UTF-8 bytes of a JSON value.
 
     :raises MalformedInput: for values JSON cannot carry (non-finite floats,
         lone surrogates, non-string keys).
     """
+    if _stdlib_matches_jcs(value):
+        return _stdlib_canonical(value)
     try:
-        if _stdlib_matches_jcs(value):
-            text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            return text.encode("utf-8")
         result: bytes = jcs.canonicalize(value)
-        return result
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
         raise MalformedInput(
             f"json: cannot canonicalize: {exc}", code="input.not_canonicalizable"
         ) from exc
+    return result
 
 
 def join_canonical_array(elements: Iterable[bytes]) -> bytes:

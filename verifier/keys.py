@@ -466,6 +466,12 @@ def _check_successor(previous: KeyDocument, doc: KeyDocument) -> None:
             f"key documents: v{doc.version} does not follow v{previous.version}",
             code="key.document_chain",
         )
+    if doc.issued_at < previous.issued_at:
+        # Otherwise a holder of a retired key could append a backdated version.
+        raise ChainBroken(
+            f"key documents: v{doc.version} is dated before v{previous.version}",
+            code="key.document_chain",
+        )
     if doc.prev != previous.digest():
         raise ChainBroken(
             f"key documents: v{doc.version} names the wrong predecessor", code="key.document_chain"

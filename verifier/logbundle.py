@@ -10,6 +10,9 @@ One call checks a whole exported log with nothing but the log's public key::
 The bundle format (JSON Lines, UTF-8; each line one canonical JSON object and ``\\n``):
 
 1. the header, ``{"format": "tallystick.bundle/v1", "origin": O, "log_vkey": V, "size": N}``;
+1a. only for a log whose key was rotated: its key history, oldest first, one line per version,
+   ``{"key_document": <the signed KeyDocument object, owner O>}`` (bundles of logs that never
+   rotated have none, so they read as before);
 2. ``N`` entry lines in index order, ``{"entry": <standard padded base64 of the entry bytes>}``;
 3. one or more checkpoint lines, tree sizes strictly ascending, the last one of size ``N``:
    ``{"checkpoint": <the C2SP signed note text>}``. (A last checkpoint of another size
@@ -20,7 +23,10 @@ The bundle format (JSON Lines, UTF-8; each line one canonical JSON object and ``
 and returns a :class:`BundleReport`; it does not raise for damage. Its checks, in order,
 stop at the first :class:`Damage`:
 
-1. the header: the expected ``origin``, and a ``log_vkey`` that is the log key's for it;
+0. key documents, if any (``key_document_invalid``): a verified history (:func:`log_keyring`)
+   whose owner is the origin and which holds ``log_key``;
+1. the header: the expected ``origin``, and a ``log_vkey`` that is the log key's for it (with
+   key documents: one of the history's keys);
 2. each checkpoint: origin and log signature, sizes ascending, no two roots for one size;
 3. each entry in index order up to the last checkpoint: canonical bytes, ``index`` equal to
    its position, ``prev`` equal to the previous entry's leaf hash, and a ``delegation``
@@ -28,7 +34,17 @@ stop at the first :class:`Damage`:
 4. the RFC 9162 root of the first ``S`` entries against each checkpoint of size ``S``
    (one tree, built once), over the entries that passed step 3 — reported ahead of a
    step-3 failure, since it names an earlier entry;
-5. coverage: the last checkpoint covers exactly the entries, no fewer and no more.
+5. key validity, for a rotated log: each checkpoint carries a signature by a key that was not
+   yet retired at the time of the newest entry it covers (``wrong_key`` otherwise);
+6. coverage: the last checkpoint covers exactly the entries, no fewer and no more.
+
+Rotated logs (see ``tallystick.daemon.log_keys`` for how the daemon rotates): ``log_key`` may be
+the log's original key, the trust anchor that version 1 of the history holds, or any later key
+of the history. Pinning the original key (its ``log.pub`` as first published) is the safe
+choice and what ``tallystick log verify --log-key`` expects: a key learnt later is only as
+trustworthy as the channel it came by. Either way, someone holding a retired key can forge a
+whole bundle whose entries all predate that key's retirement and which omits the later history;
+only a verifier that knows the later key (or an earlier checkpoint of a larger size) sees that.
 
 ``Damage.kind`` is one of a stable set (:class:`DamageKind`); ``Damage.index`` names the
 first entry the damage concerns, or for a checkpoint the tree size it signs.
@@ -36,6 +52,7 @@ first entry the damage concerns, or for a checkpoint the tree size it signs.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -43,6 +60,8 @@ from enum import StrEnum
 from os import PathLike
 from pathlib import Path
 from typing import Any, Final
+
+from pydantic import ValidationError
 
 from . import aip, hdp, logentry
 from ._internal.encoding import b64_decode, b64_encode
@@ -55,8 +74,15 @@ from .checkpoint import (
     SignedCheckpoint,
     verify_checkpoint,
 )
-from .errors import CheckpointInvalid, KeyInvalid, MalformedInput, TallystickError
-from .keys import PublicKey
+from .errors import (
+    ChainBroken,
+    CheckpointInvalid,
+    IdentityUnresolvable,
+    KeyInvalid,
+    MalformedInput,
+    TallystickError,
+)
+from .keys import KeyDocument, Keyring, PublicKey
 from .logentry import DelegationBody, EntryKind, LogEntry
 from .merkle import MerkleTree, hash_leaf
 
@@ -69,7 +95,9 @@ __all__ = [
     "Damage",
     "DamageKind",
     "LogDamaged",
+    "LogKeys",
     "encode_bundle",
+    "log_keyring",
     "verify_bundle",
 ]
 
@@ -109,8 +137,11 @@ class DamageKind(StrEnum):
     UNANCHORED_TAIL = "unanchored_tail"
     #: A stored delegation token whose own signatures (or structure) do not verify.
     TOKEN_INVALID = "token_invalid"
-    #: The bundle or a checkpoint is signed by another key than the log key.
+    #: The bundle or a checkpoint is signed by another key than the log key, or (rotated
+    #: logs) only by keys retired before the newest entry it covers.
     WRONG_KEY = "wrong_key"
+    #: The log's key history does not verify: a forged, reordered or broken key document.
+    KEY_DOCUMENT_INVALID = "key_document_invalid"
 
 
 _CHECKPOINT_KINDS = frozenset(
@@ -205,14 +236,18 @@ class Bundle:
     ``bundle.bad_unicode``, ``bundle.no_final_newline``, ``bundle.bad_json``,
     ``bundle.not_canonical``, ``bundle.bad_line``, ``bundle.no_header``,
     ``bundle.unsupported_format``, ``bundle.bad_header``, ``bundle.bad_base64``,
-    ``bundle.bad_order``, ``bundle.size_mismatch``, ``bundle.no_checkpoint``, and
-    ``bundle.unreadable`` from :meth:`from_path`.
+    ``bundle.bad_key_document``, ``bundle.bad_order``, ``bundle.size_mismatch``,
+    ``bundle.no_checkpoint``, and ``bundle.unreadable`` from :meth:`from_path`.
+
+    ``key_documents`` is the log's key history (empty unless its key was rotated); it is
+    parsed here and verified by :func:`verify_bundle`.
     """
 
     origin: str
     log_vkey: str
     entries: tuple[bytes, ...]
     checkpoints: tuple[str, ...]
+    key_documents: tuple[KeyDocument, ...] = ()
 
     def __post_init__(self) -> None:
         if not is_valid_key_name(self.origin):
@@ -229,6 +264,10 @@ class Bundle:
             isinstance(text, str) for text in self.checkpoints
         ):
             raise _bad("checkpoints must be a tuple of str", "bad_line")
+        if not isinstance(self.key_documents, tuple) or not all(
+            isinstance(doc, KeyDocument) for doc in self.key_documents
+        ):
+            raise _bad("key_documents must be a tuple of KeyDocument", "bad_key_document")
         if not self.checkpoints:
             raise _bad("no checkpoint line: nothing is signed", "no_checkpoint")
 
@@ -267,19 +306,29 @@ class Bundle:
                 size=self.size,
                 entries=self.entries,
                 checkpoints=self.checkpoints,
+                key_documents=self.key_documents,
             )
         )
 
 
 def encode_bundle(
-    *, origin: str, log_vkey: str, size: int, entries: Iterable[bytes], checkpoints: Iterable[str]
+    *,
+    origin: str,
+    log_vkey: str,
+    size: int,
+    entries: Iterable[bytes],
+    checkpoints: Iterable[str],
+    key_documents: Iterable[KeyDocument] = (),
 ) -> Iterator[bytes]:
     """The bundle's lines (each with its newline), lazily, so a writer can stream a large log.
 
     ``size`` is the header's entry count; ``entries`` must yield exactly that many.
+    ``key_documents`` (the key history of a rotated log, oldest first) follow the header.
     """
     header = {"format": BUNDLE_FORMAT, "origin": origin, "log_vkey": log_vkey, "size": size}
     yield canonicalize(header) + b"\n"
+    for doc in key_documents:
+        yield canonicalize({"key_document": doc.model_dump(mode="json")}) + b"\n"
     for raw in entries:
         yield b'{"entry":"' + b64_encode(raw).encode("ascii") + b'"}\n'
     for text in checkpoints:
@@ -312,9 +361,14 @@ def _parse(raw: bytes) -> Bundle:
     origin, log_vkey, size = _parse_header(_parse_line(lines[0], 1))
     entries: list[bytes] = []
     checkpoints: list[str] = []
+    documents: list[KeyDocument] = []
     for number, line in enumerate(lines[1:], start=2):
         member, value = _body_line(line, number)
-        if member == "entry":
+        if member == "key_document":
+            if entries or checkpoints:
+                raise _bad(f"line {number}: a key document after an entry", "bad_order")
+            documents.append(_parse_key_document(value, number))
+        elif member == "entry":
             if checkpoints:
                 raise _bad(f"line {number}: an entry after a checkpoint", "bad_order")
             entries.append(_decode_entry(value, number))
@@ -326,11 +380,20 @@ def _parse(raw: bytes) -> Bundle:
         raise _bad(
             f"the header says {size} entries, the bundle holds {len(entries)}", "size_mismatch"
         )
-    return Bundle(origin, log_vkey, tuple(entries), tuple(checkpoints))
+    return Bundle(origin, log_vkey, tuple(entries), tuple(checkpoints), tuple(documents))
+
+
+def _parse_key_document(value: object, number: int) -> KeyDocument:
+    try:
+        return KeyDocument.model_validate(value)
+    except ValidationError as exc:
+        raise _bad(
+            f"line {number}: not a key document: {exc.errors()[0]['msg']}", "bad_key_document"
+        ) from exc
 
 
 def _body_line(line: bytes, number: int) -> tuple[str, object]:
-    """``("entry", base64 text)`` or ``("checkpoint", note text)`` for a line after the header."""
+    """``(member, value)`` of a line after the header: an entry, checkpoint or key document."""
     _check_length(line, number)
     match = _ENTRY_LINE.fullmatch(line)
     if match is not None:
@@ -339,9 +402,9 @@ def _body_line(line: bytes, number: int) -> tuple[str, object]:
     if (
         not isinstance(value, dict)
         or len(value) != 1
-        or not value.keys() <= {"entry", "checkpoint"}
+        or not value.keys() <= {"entry", "checkpoint", "key_document"}
     ):
-        raise _bad(f"line {number}: neither an entry nor a checkpoint", "bad_line")
+        raise _bad(f"line {number}: neither an entry, a checkpoint nor a key document", "bad_line")
     [(member, content)] = value.items()
     return member, content
 
@@ -386,6 +449,127 @@ def _decode_entry(encoded: object, number: int) -> bytes:
         raise _bad(f"line {number}: entry is not standard padded base64", "bad_base64") from exc
 
 
+# -- the log's keys ------------------------------------------------------------------------------
+
+
+def log_keyring(documents: Iterable[KeyDocument], *, origin: str, pinned: PublicKey) -> Keyring:
+    """Verify a log's key history, oldest first, from a key the caller trusts.
+
+    ``pinned`` is the trust anchor (a key of version 1) or any later key of the history: the
+    versions up to the one that adds it are hash-linked to it and signed by it, so none of
+    them can be swapped. On top of :meth:`Keyring.from_documents`, each version's owner is
+    ``origin`` and ``issued_at`` strictly grows, so a retired key cannot append a backdated
+    version.
+
+    :raises ChainBroken: ``key.document_chain`` (order, ``prev``, owner, time, an edited key).
+    :raises SignatureInvalid: ``key.document_unsigned`` or a bad signature.
+    :raises IdentityUnresolvable: ``pinned`` is not in the history (``key.not_in_history``).
+    :raises KeyInvalid: a kid that does not match its key.
+    :raises MalformedInput: an undecodable key or signature.
+    """
+    docs = list(documents)
+    if not docs:
+        raise ChainBroken("key documents: empty history", code="key.document_chain")
+    anchors = docs[0].keys
+    # Not an anchor: start from version 1's own key and require ``pinned`` further on.
+    pinned_is_anchor = any(entry.kid == pinned.kid for entry in anchors)
+    anchor = pinned if pinned_is_anchor else anchors[0].public_key
+    keyring = Keyring.from_documents(docs, trust_anchor=anchor)
+    for previous, doc in itertools.pairwise(docs):
+        if doc.issued_at <= previous.issued_at:
+            raise ChainBroken(
+                f"key documents: v{doc.version} is not issued after v{previous.version}",
+                code="key.document_chain",
+            )
+    if any(doc.owner != origin for doc in docs):
+        raise ChainBroken(
+            f"key documents: owner is not the log origin {origin!r}", code="key.document_chain"
+        )
+    if all(entry.kid != pinned.kid for entry in keyring.entries):
+        raise IdentityUnresolvable(
+            f"key documents: the log key {pinned.kid} is not in the history",
+            code="key.not_in_history",
+        )
+    return keyring
+
+
+@dataclass(frozen=True, slots=True)
+class LogKeys:
+    """The keys that may sign a log's checkpoints, each with the time it was retired (ms).
+
+    A checkpoint is valid when a signature by one of them verifies and, for a rotated log,
+    one of its signatures is by a key not yet retired at the time of the newest entry it
+    covers: a key may vouch for entries older than itself (a new key signs the whole tree),
+    never for one written after its retirement. Entry times are covered by the signed root,
+    so they cannot be moved without breaking the tree.
+    """
+
+    origin: str
+    keys: tuple[tuple[NoteVerifier, int | None], ...]
+
+    @classmethod
+    def single(cls, origin: str, public_key: PublicKey) -> LogKeys:
+        """A log that never rotated: one key, never retired.
+
+        :raises KeyInvalid: ``origin`` is not a note key name (``note.bad_vkey``).
+        """
+        return cls(origin, ((NoteVerifier.from_public_key(origin, public_key), None),))
+
+    @classmethod
+    def from_keyring(cls, origin: str, keyring: Keyring) -> LogKeys:
+        """Every key of a verified history (:func:`log_keyring`).
+
+        :raises KeyInvalid: ``origin`` is not a note key name (``note.bad_vkey``).
+        """
+        return cls(
+            origin,
+            tuple(
+                (NoteVerifier.from_public_key(origin, entry.public_key), entry.retired_at)
+                for entry in keyring.entries
+            ),
+        )
+
+    @property
+    def rotated(self) -> bool:
+        """True when some key is retired, so signing times matter."""
+        return any(retired is not None for _, retired in self.keys)
+
+    def holds(self, public_key: PublicKey) -> bool:
+        """True when ``public_key`` is one of the keys."""
+        return any(verifier.public_key == public_key for verifier, _ in self.keys)
+
+    def verify(self, text: str) -> Checkpoint:
+        """The checkpoint, once a signature by one of the keys verifies (none may fail).
+
+        :raises CheckpointInvalid: as :func:`verify_checkpoint`.
+        """
+        return verify_checkpoint(text, verifiers=[key for key, _ in self.keys], origin=self.origin)
+
+    def check_in_service(self, text: str, *, newest_entry_ms: int) -> None:
+        """Check that a (verified) checkpoint has a signature by a key in service at its time.
+
+        ``newest_entry_ms`` is the time of the newest entry the checkpoint covers (0 for none).
+
+        :raises CheckpointInvalid: ``checkpoint.retired_key``: signed only by retired keys.
+        """
+        if not self.rotated:
+            return
+        in_service = [
+            key for key, retired in self.keys if retired is None or newest_entry_ms < retired
+        ]
+        try:
+            if in_service:
+                verify_checkpoint(text, verifiers=in_service, origin=self.origin)
+                return
+        except CheckpointInvalid as exc:
+            if exc.code != "checkpoint.no_known_signature":
+                raise
+        raise CheckpointInvalid(
+            f"checkpoint: signed only by keys retired before its newest entry ({newest_entry_ms})",
+            code="checkpoint.retired_key",
+        )
+
+
 # -- verification -------------------------------------------------------------------------------
 
 
@@ -398,16 +582,21 @@ def verify_bundle(
 ) -> BundleReport:
     """Check a whole bundle against the log's public key; the report names the first damage.
 
+    ``log_key`` is the log's key; for a rotated log (a bundle with key documents) its original
+    key, the trust anchor, or any later key of its history (see the module docstring).
     ``origin``, when given, is the checkpoint origin the caller expects. With
     ``verify_tokens=False`` the signatures of stored delegation tokens are not checked
     (their bodies still are, and the hash chain and tree cover them either way).
 
     :raises KeyInvalid: ``log_key`` is not a :class:`PublicKey`.
     """
-    verifier = NoteVerifier.from_public_key(bundle.origin, log_key)
+    keys = LogKeys.single(bundle.origin, log_key)
+    damage: Damage | None = None
+    if bundle.key_documents:
+        keys, damage = _keyring_keys(bundle, log_key)
     verified: list[Checkpoint] = []
-    damage = _header_damage(bundle, verifier, origin) or _checkpoint_damage(
-        bundle, verifier, verified
+    damage = (
+        damage or _header_damage(bundle, keys, origin) or _checkpoint_damage(bundle, keys, verified)
     )
     if damage is None:
         last_size = verified[-1].size
@@ -416,12 +605,30 @@ def verify_bundle(
         # The tree holds the entries before entry_damage; a root that does not match them
         # names an earlier entry, so it is reported first.
         damage = (
-            _root_damage(verified, tree) or entry_damage or _coverage_damage(bundle.size, last_size)
+            _root_damage(verified, tree)
+            or entry_damage
+            or _retired_damage(bundle, keys, verified)
+            or _coverage_damage(bundle.size, last_size)
         )
     return BundleReport(bundle.size, bundle.origin, len(verified), damage)
 
 
-def _header_damage(bundle: Bundle, verifier: NoteVerifier, origin: str | None) -> Damage | None:
+def _keyring_keys(bundle: Bundle, log_key: PublicKey) -> tuple[LogKeys, Damage | None]:
+    """The keys of the bundle's verified key history, or the damage that stops it."""
+    try:
+        keyring = log_keyring(bundle.key_documents, origin=bundle.origin, pinned=log_key)
+    except IdentityUnresolvable as exc:
+        return LogKeys.single(bundle.origin, log_key), Damage(
+            DamageKind.WRONG_KEY, None, f"{exc.code}: {exc}"
+        )
+    except TallystickError as exc:
+        return LogKeys.single(bundle.origin, log_key), Damage(
+            DamageKind.KEY_DOCUMENT_INVALID, None, f"{exc.code}: {exc}"
+        )
+    return LogKeys.from_keyring(bundle.origin, keyring), None
+
+
+def _header_damage(bundle: Bundle, keys: LogKeys, origin: str | None) -> Damage | None:
     if origin is not None and bundle.origin != origin:
         return Damage(
             DamageKind.CHECKPOINT_INVALID,
@@ -429,7 +636,7 @@ def _header_damage(bundle: Bundle, verifier: NoteVerifier, origin: str | None) -
             f"the bundle's origin {bundle.origin!r} is not the expected {origin!r}",
         )
     header_key = NoteVerifier.from_vkey(bundle.log_vkey)
-    if header_key.key_type is not KeyType.ED25519 or header_key.public_key != verifier.public_key:
+    if header_key.key_type is not KeyType.ED25519 or not keys.holds(header_key.public_key):
         return Damage(
             DamageKind.WRONG_KEY, None, f"the bundle names log key {header_key.label}, not ours"
         )
@@ -442,14 +649,12 @@ def _header_damage(bundle: Bundle, verifier: NoteVerifier, origin: str | None) -
     return None
 
 
-def _checkpoint_damage(
-    bundle: Bundle, verifier: NoteVerifier, verified: list[Checkpoint]
-) -> Damage | None:
+def _checkpoint_damage(bundle: Bundle, keys: LogKeys, verified: list[Checkpoint]) -> Damage | None:
     """Verify each checkpoint in turn, appending it to ``verified``; the first damage, if any."""
     roots: dict[int, bytes] = {}
     for text in bundle.checkpoints:
         try:
-            checkpoint = verify_checkpoint(text, verifiers=[verifier], origin=bundle.origin)
+            checkpoint = keys.verify(text)
         except CheckpointInvalid as exc:
             kind = (
                 DamageKind.WRONG_KEY
@@ -470,6 +675,23 @@ def _checkpoint_damage(
             )
         roots[size] = checkpoint.root_hash
         verified.append(checkpoint)
+    return None
+
+
+def _retired_damage(bundle: Bundle, keys: LogKeys, verified: list[Checkpoint]) -> Damage | None:
+    """A checkpoint signed only by keys retired before its newest entry (rotated logs)."""
+    if not keys.rotated:
+        return None
+    for text, checkpoint in zip(bundle.checkpoints, verified, strict=False):
+        size = checkpoint.size
+        if size > bundle.size:
+            break  # reported as truncated
+        # Entries up to the last checkpoint parsed cleanly before this step runs.
+        newest = LogEntry.from_bytes(bundle.entries[size - 1]).time_ms if size else 0
+        try:
+            keys.check_in_service(text, newest_entry_ms=newest)
+        except CheckpointInvalid as exc:
+            return Damage(DamageKind.WRONG_KEY, size, f"{exc.code}: {exc}")
     return None
 
 

@@ -41,7 +41,7 @@ from pydantic import (
 )
 
 from . import canonical
-from .canonical import canonicalize, parse_json
+from .canonical import _stdlib_canonical, canonicalize, parse_json
 from .errors import KeyInvalid, MalformedInput
 from .keys import PublicKey
 from .merkle import hash_leaf
@@ -250,11 +250,56 @@ def _validate(model: type[_Model], body: Any, what: str) -> _Model:
         raise MalformedInput(f"log entry: {where}: {first['msg']}", code=_MALFORMED) from exc
 
 
+def _check_fields(index: Any, prev: Any, kind: Any, time_ms: Any, agent: Any) -> None:
+    if type(index) is not int or not 0 <= index <= canonical.MAX_SAFE_INTEGER:
+        raise MalformedInput("log entry: index out of range", code=_MALFORMED)
+    if type(time_ms) is not int or not 0 <= time_ms <= canonical.MAX_SAFE_INTEGER:
+        raise MalformedInput("log entry: time_ms out of range", code=_MALFORMED)
+    if not isinstance(prev, bytes) or len(prev) != 32:
+        raise MalformedInput("log entry: prev must be 32 bytes", code=_MALFORMED)
+    if not isinstance(kind, EntryKind):
+        raise MalformedInput("log entry: unknown kind", code=_MALFORMED)
+    if not isinstance(agent, str) or not 0 < len(agent) <= 256:
+        raise MalformedInput("log entry: agent must be 1-256 characters", code=_MALFORMED)
+
+
 def _check_body(kind: EntryKind, body: Any) -> None:
     if not isinstance(body, dict):
         raise MalformedInput("log entry: body must be an object", code=_MALFORMED)
     if kind is EntryKind.CALL:
         _validate(CallBody, body, "call")
+
+
+@dataclass(frozen=True, slots=True)
+class _ValidatedCall:
+    """A ``call`` body that :class:`CallBody` validated, as its canonical bytes.
+
+    Private to tallystick: made only by :func:`_validated_call` from a :class:`CallBody`
+    instance, so :meth:`LogEntry._call_bytes` may skip the body checks the constructor runs.
+    """
+
+    canonical: bytes
+
+
+def _validated_call(body: CallBody) -> _ValidatedCall:
+    """The canonical bytes of a validated call body, for :meth:`LogEntry._call_bytes`.
+
+    The stdlib encoder is exact RFC 8785 here without ``canonicalize``'s walk: a validated body
+    holds only ASCII member names, strings, null and integers in ``[0, 2^53 - 1]``.
+
+    :raises MalformedInput: a string holds a lone surrogate (``input.not_canonicalizable``).
+    """
+    if type(body) is not CallBody:  # a subclass could add fields or validators of its own
+        raise MalformedInput("log entry: call body must be a CallBody", code=_MALFORMED)
+    return _ValidatedCall(_stdlib_canonical(body.model_dump(mode="json")))
+
+
+#: The bytes of a call entry around its variable parts, in canonical (sorted) member order.
+_CALL_ENTRY_FORMAT: Final = (
+    b'{"agent":%b,"body":%b,"index":%d,"kind":"call","prev":"%b","time_ms":%d,"v":'
+    + str(ENTRY_VERSION).encode("ascii")
+    + b"}"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,17 +318,36 @@ class LogEntry:
     body: dict[str, Any]
 
     def __post_init__(self) -> None:
-        if type(self.index) is not int or not 0 <= self.index <= canonical.MAX_SAFE_INTEGER:
-            raise MalformedInput("log entry: index out of range", code=_MALFORMED)
-        if type(self.time_ms) is not int or not 0 <= self.time_ms <= canonical.MAX_SAFE_INTEGER:
-            raise MalformedInput("log entry: time_ms out of range", code=_MALFORMED)
-        if not isinstance(self.prev, bytes) or len(self.prev) != 32:
-            raise MalformedInput("log entry: prev must be 32 bytes", code=_MALFORMED)
-        if not isinstance(self.kind, EntryKind):
-            raise MalformedInput("log entry: unknown kind", code=_MALFORMED)
-        if not isinstance(self.agent, str) or not 0 < len(self.agent) <= 256:
-            raise MalformedInput("log entry: agent must be 1-256 characters", code=_MALFORMED)
+        _check_fields(self.index, self.prev, self.kind, self.time_ms, self.agent)
         _check_body(self.kind, self.body)
+
+    @staticmethod
+    def _call_bytes(
+        index: int, prev: bytes, time_ms: int, agent: str, call: _ValidatedCall
+    ) -> bytes:
+        """``LogEntry(index, prev, EntryKind.CALL, time_ms, agent, body).to_bytes()`` for the
+        body ``call`` was made from, without validating that body again or walking it.
+
+        Private to tallystick (tallystickd's writer). ``call`` comes from
+        :func:`_validated_call`; the other fields get the constructor's checks.
+
+        :raises MalformedInput: as the constructor and :meth:`to_bytes`.
+        """
+        _check_fields(index, prev, EntryKind.CALL, time_ms, agent)
+        if type(call) is not _ValidatedCall:
+            raise MalformedInput("log entry: call body was not validated", code=_MALFORMED)
+        raw = _CALL_ENTRY_FORMAT % (
+            _stdlib_canonical(agent),
+            call.canonical,
+            index,
+            prev.hex().encode("ascii"),
+            time_ms,
+        )
+        if len(raw) > MAX_ENTRY_BYTES:
+            raise MalformedInput(
+                f"log entry: larger than {MAX_ENTRY_BYTES} bytes", code="log.entry_too_large"
+            )
+        return raw
 
     def to_bytes(self) -> bytes:
         """The canonical bytes: the hash-chain link and the Merkle leaf.
