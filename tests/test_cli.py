@@ -449,3 +449,15 @@ def test_audience_is_for_compact_tokens(keys: Path, capsys: pytest.CaptureFixtur
     code, out, _ = run(capsys, "aip", "verify", token, "--public-key", pub, "--audience",
                        "api.example.com", "--json")  # fmt: skip
     assert code == 0 and json.loads(out)["valid"] is True
+
+
+def test_a_closed_pipe_ends_quietly(keys: Path) -> None:
+    # ~100 KB of output, more than a pipe holds, to a reader that stops after 10 bytes.
+    script = (
+        f"{CONSOLE_SCRIPT} hdp issue --key {keys / 'issuer.pem'} --principal a --session s "
+        '--intent "$(head -c 100000 /dev/zero | tr "\\0" x)" | head -c 10 >/dev/null; '
+        "echo ${PIPESTATUS[0]}"
+    )
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.stdout.strip() in {"0", "141"}

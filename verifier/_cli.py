@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -34,6 +35,8 @@ from .keys import PrivateKey, PublicKey, load_private_key, load_public_key, save
 EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
+#: 128 + SIGPIPE, what a shell reports for a program killed by a closed pipe.
+EXIT_BROKEN_PIPE = 141
 
 #: Upper bound on what a command reads from a file or standard input.
 MAX_INPUT_BYTES = 4 << 20
@@ -579,3 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(exc))
     except TallystickError as exc:
         _fail(f"{exc.code}: {exc.detail}")
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as a program killed by SIGPIPE would,
+        # and keep the interpreter from reporting the failed flush of stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
