@@ -181,9 +181,16 @@ def parse_request(message_type: type[_M], raw: bytes) -> _M:
 
 
 #: CallRecord fields with presence that the body holds under the same name, as they are.
-_RECORD_OPTIONALS: Final = frozenset(
-    {"request_id", "latency_ms", "request_sha256", "response_sha256", "delegation_id", "session_id"}
+_RECORD_OPTIONALS: Final = (
+    "request_id",
+    "latency_ms",
+    "request_sha256",
+    "response_sha256",
+    "delegation_id",
+    "session_id",
 )
+#: Every Usage field has presence, and is the same-named member of the body's usage.
+_USAGE_FIELDS: Final = tuple(field.name for field in ledger_pb2.Usage.DESCRIPTOR.fields)
 
 
 def call_body(record: ledger_pb2.CallRecord) -> CallBody:
@@ -197,18 +204,20 @@ def call_body(record: ledger_pb2.CallRecord) -> CallBody:
             "call: usage is required (leave a count unset inside it when it is unknown)",
             code="ledger.call_invalid",
         )
-    # ListFields names only what the agent set; what it left unset takes the model's default
-    # (None), so the model is the one an explicit None for each unset field would give.
+    # Only what the agent set: an unset field takes the model's default (None), so the model
+    # is the one an explicit None for each unset field would give.
+    usage = record.usage
     fields: dict[str, Any] = {
         "provider": record.provider,
         "model": record.model,
-        "usage": {field.name: value for field, value in record.usage.ListFields()},
+        "usage": {name: getattr(usage, name) for name in _USAGE_FIELDS if usage.HasField(name)},
     }
-    for field, value in record.ListFields():
-        if field.name in _RECORD_OPTIONALS:
-            fields[field.name] = value
+    for name in _RECORD_OPTIONALS:
+        if record.HasField(name):
+            fields[name] = getattr(record, name)
     if record.HasField("cost"):
-        fields["cost"] = {"amount": record.cost.amount, "currency": record.cost.currency}
+        cost = record.cost
+        fields["cost"] = {"amount": cost.amount, "currency": cost.currency}
     try:
         body = CallBody.model_validate(fields)
     except ValidationError as exc:

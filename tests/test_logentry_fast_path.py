@@ -1,0 +1,76 @@
+"""The writer's call-entry fast path gives exactly the public constructor's bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tallystick.verifier.canonical import MAX_SAFE_INTEGER
+from tallystick.verifier.errors import MalformedInput
+from tallystick.verifier.logentry import (
+    CallBody,
+    EntryKind,
+    LogEntry,
+    _validated_call,
+)
+
+counts = st.none() | st.integers(0, MAX_SAFE_INTEGER)
+texts = st.text(max_size=40)
+
+
+@st.composite
+def call_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    output = draw(counts)
+    reasoning = draw(st.none() | st.integers(0, output if output is not None else 9))
+    inp = draw(counts)
+    read = draw(st.none() | st.integers(0, inp if inp is not None else 9))
+    usage = {
+        "input_tokens": inp,
+        "cache_read_input_tokens": read,
+        "output_tokens": output,
+        "reasoning_output_tokens": reasoning,
+    }
+    usage = {k: v for k, v in usage.items() if v is not None or draw(st.booleans())}
+    body: dict[str, Any] = {
+        "provider": draw(st.text(min_size=1, max_size=20)),
+        "model": draw(st.text(min_size=1, max_size=20)),
+        "usage": usage,
+    }
+    for name in ("request_id", "delegation_id", "principal", "session_id"):
+        if draw(st.booleans()):
+            body[name] = draw(st.none() | texts)
+    if draw(st.booleans()):
+        body["latency_ms"] = draw(counts)
+    if draw(st.booleans()):
+        body["request_sha256"] = draw(
+            st.none() | st.text("0123456789abcdef", min_size=64, max_size=64)
+        )
+    if draw(st.booleans()):
+        body["cost"] = draw(st.none() | st.just({"amount": "0.0042", "currency": "USD"}))
+    return body
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    call_bodies(),
+    st.integers(0, MAX_SAFE_INTEGER),
+    st.binary(min_size=32, max_size=32),
+    st.integers(0, MAX_SAFE_INTEGER),
+    st.text(min_size=1, max_size=30),
+)
+def test_fast_bytes_equal_constructor(
+    body: dict[str, Any], index: int, prev: bytes, t: int, agent: str
+) -> None:
+    model = CallBody.model_validate(body)
+    dumped = model.model_dump(mode="json")
+    try:
+        expected = LogEntry(index, prev, EntryKind.CALL, t, agent, dumped).to_bytes()
+    except MalformedInput as exc:
+        with pytest.raises(MalformedInput) as got:
+            LogEntry._call_bytes(index, prev, t, agent, _validated_call(model))
+        assert got.value.code == exc.code
+        return
+    assert LogEntry._call_bytes(index, prev, t, agent, _validated_call(model)) == expected
+    assert LogEntry.from_bytes(expected).body == dumped
