@@ -14,14 +14,15 @@ written to a temporary name, fsynced and renamed, so a crash leaves either no ke
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
 from tallystick.verifier.errors import IdentityUnresolvable
-from tallystick.verifier.keys import PrivateKey, PublicKey, load_private_key, save_private_key
+from tallystick.verifier.keys import PrivateKey, PublicKey, load_private_key
+
+from .files import replace_bytes, replace_private_key
 
 __all__ = ["ISSUER_KEY_FILE", "ISSUER_PUB_FILE", "AgentKeys"]
 
@@ -31,23 +32,10 @@ _AGENTS_DIR: Final = "agents"
 _PUB_MODE: Final = 0o644
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create(path: Path) -> PrivateKey:
     """A fresh key at ``path`` (0600), durable before it is returned."""
     key = PrivateKey.generate()
-    staged = path.with_name(path.name + ".new")
-    staged.unlink(missing_ok=True)  # left by a crash before the rename below
-    save_private_key(staged, key)
-    _fsync(staged)
-    staged.replace(path)
-    _fsync(path.parent)
+    replace_private_key(path, key)
     return key
 
 
@@ -59,13 +47,7 @@ def _load_or_create(path: Path) -> PrivateKey:
 
 
 def _write_pub(path: Path, public_key: PublicKey) -> None:
-    staged = path.with_name(path.name + ".new")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PUB_MODE)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(public_key.to_b64url() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    staged.replace(path)
+    replace_bytes(path, (public_key.to_b64url() + "\n").encode("ascii"), mode=_PUB_MODE)
 
 
 class AgentKeys:

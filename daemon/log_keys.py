@@ -50,7 +50,6 @@ not descended from it; and keep exported checkpoints, since a rewrite forks from
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -68,6 +67,7 @@ from tallystick.verifier.keys import (
 from tallystick.verifier.logbundle import LogKeys, log_keyring
 
 from .errors import LogInconsistent
+from .files import fsync_path, replace_bytes, replace_private_key
 
 __all__ = [
     "ARCHIVE_DIR",
@@ -103,34 +103,16 @@ _KID_PREFIX: Final = "ed25519:"
 # -- files -------------------------------------------------------------------------------------
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_pub(data_dir: Path, public_key: PublicKey) -> None:
     """Replace ``log.pub`` atomically with ``public_key`` (one base64url line), durably."""
-    staged = data_dir / (PUB_FILE + ".new")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PUB_MODE)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(public_key.to_b64url() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    staged.replace(data_dir / PUB_FILE)
+    data = (public_key.to_b64url() + "\n").encode("ascii")
+    replace_bytes(data_dir / PUB_FILE, data, mode=_PUB_MODE)
 
 
 def install_key(data_dir: Path, key: PrivateKey) -> None:
     """Make ``key`` the log key: ``log.key`` (0600) then ``log.pub``, each by an atomic rename."""
-    staged = data_dir / (KEY_FILE + ".new")
-    staged.unlink(missing_ok=True)  # left by a crash before the rename below
-    save_private_key(staged, key)
-    _fsync(staged)
-    staged.replace(data_dir / KEY_FILE)
+    replace_private_key(data_dir / KEY_FILE, key)
     write_pub(data_dir, key.public_key)
-    _fsync(data_dir)
 
 
 def archived_key_path(data_dir: Path, kid: str) -> Path:
@@ -150,8 +132,8 @@ def _archive_key(data_dir: Path, key: PrivateKey) -> None:
             raise LogInconsistent(f"keys: {path} holds another key", code="log.keys_invalid")
         return  # left by an interrupted rotation
     save_private_key(path, key)
-    _fsync(path)
-    _fsync(folder)
+    fsync_path(path)
+    fsync_path(folder)
 
 
 def read_history(data_dir: Path) -> list[KeyDocument]:
@@ -179,14 +161,8 @@ def read_history(data_dir: Path) -> list[KeyDocument]:
 
 def _write_history(data_dir: Path, documents: list[KeyDocument]) -> None:
     """Replace ``log.keys.json`` atomically and durably: the commit point of a rotation."""
-    staged = data_dir / (HISTORY_FILE + ".new")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PRIVATE_MODE)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(canonicalize([doc.model_dump(mode="json") for doc in documents]) + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    staged.replace(data_dir / HISTORY_FILE)
-    _fsync(data_dir)
+    data = canonicalize([doc.model_dump(mode="json") for doc in documents]) + b"\n"
+    replace_bytes(data_dir / HISTORY_FILE, data, mode=_PRIVATE_MODE)
 
 
 def create_history(data_dir: Path, *, origin: str, key: PrivateKey) -> None:
