@@ -577,16 +577,20 @@ class Log:
         checkpoint_every_ms: int = 1000,
         clock_ms: Callable[[], int] = _wall_clock_ms,
         full_check: bool = False,
+        wal_checkpoint_every_ms: int = storage.WAL_CHECKPOINT_EVERY_MS,
+        wal_limit_bytes: int = storage.WAL_LIMIT_BYTES,
     ) -> Log:
         """Open the log in ``data_dir``, creating it (0700), its key and database on first start.
 
         ``origin`` defaults to ``tallystick.local/`` and 16 characters of the key; once stored
         it never changes. The stored log is checked first (:func:`self_check`; ``full_check``
         scans everything) and a checkpoint is signed if entries postdate the newest one.
+        ``wal_checkpoint_every_ms`` and ``wal_limit_bytes`` tune the storage's background WAL
+        checkpoints (:mod:`tallystick.daemon.storage.sqlite`).
 
         :raises LogInconsistent: the self-check failed, or ``origin`` is not the stored one
             (``log.origin_mismatch``); the log is not served.
-        :raises MalformedInput: a checkpoint interval below 1 (``log.bad_config``) or an
+        :raises MalformedInput: an interval or limit below 1 (``log.bad_config``) or an
             origin that is not a note key name (``note.bad_vkey``).
         :raises KeyInvalid: ``log.key`` cannot be loaded.
         :raises LogUnavailable: the database cannot be opened.
@@ -594,6 +598,8 @@ class Log:
         for name, value in (
             ("checkpoint_every_entries", checkpoint_every_entries),
             ("checkpoint_every_ms", checkpoint_every_ms),
+            ("wal_checkpoint_every_ms", wal_checkpoint_every_ms),
+            ("wal_limit_bytes", wal_limit_bytes),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MalformedInput(
@@ -603,7 +609,11 @@ class Log:
         if not data_dir.exists():
             data_dir.mkdir(mode=_DIR_MODE, parents=True)
             data_dir.chmod(_DIR_MODE)  # mkdir's mode is filtered by the umask
-        store = storage.open(data_dir / storage.DB_FILENAME)
+        store = storage.open(
+            data_dir / storage.DB_FILENAME,
+            wal_checkpoint_every_ms=wal_checkpoint_every_ms,
+            wal_limit_bytes=wal_limit_bytes,
+        )
         try:
             log_exists = store.is_initialised()
             key = _load_key(data_dir, log_exists=log_exists)

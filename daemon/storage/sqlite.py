@@ -13,7 +13,20 @@ any root or proof for any size is O(log n) reads. ``checkpoints`` keeps every si
 
 Durability: WAL with ``synchronous=FULL``, so :meth:`Store.commit` returns only once its
 transaction is on disk; callers reach throughput by committing many entries per transaction.
-All SQL is constant text with ``?`` parameters.
+All SQL is constant text with ``?`` parameters (a PRAGMA value, which cannot be one, is
+an ``int`` formatted in).
+
+Checkpoints: the writer connection never checkpoints (``wal_autocheckpoint=0``); SQLite's
+automatic checkpoint would run inside whichever commit crosses 1000 WAL pages and set the
+commit p99. A background thread on its own connection runs ``wal_checkpoint(PASSIVE)`` every
+``wal_checkpoint_every_ms`` instead (PASSIVE waits on no lock and never blocks the writer or a
+reader; the writer starts the WAL over once it is all copied). A reader that stays in one
+snapshot keeps PASSIVE from finishing, so the WAL grows: once the ``-wal`` file is larger than
+``wal_limit_bytes`` each round falls back to ``wal_checkpoint(TRUNCATE)``, which waits at most
+``wal_truncate_wait_ms`` for readers (and holds up the writer that long at most) and, once it
+succeeds, empties the file; so the WAL cannot grow without bound or stay large.
+:meth:`Store.close` ends with a TRUNCATE checkpoint, so a stopped log is one file. A checkpoint
+only copies frames that are already durable in the WAL, so none of this changes durability.
 """
 
 from __future__ import annotations
@@ -35,6 +48,9 @@ from ..errors import LogUnavailable
 __all__ = [
     "DB_FILENAME",
     "FORMAT_VERSION",
+    "WAL_CHECKPOINT_EVERY_MS",
+    "WAL_LIMIT_BYTES",
+    "WAL_TRUNCATE_WAIT_MS",
     "Store",
     "StoredCheckpoint",
     "open",
@@ -43,6 +59,13 @@ __all__ = [
 DB_FILENAME: Final = "tallystick.sqlite3"
 #: Bumped when the schema or the meaning of a column changes.
 FORMAT_VERSION: Final = "1"
+
+#: How often the background thread runs a PASSIVE checkpoint.
+WAL_CHECKPOINT_EVERY_MS: Final = 250
+#: ``-wal`` file size above which each PASSIVE checkpoint is followed by a TRUNCATE one.
+WAL_LIMIT_BYTES: Final = 64 * 1024 * 1024
+#: How long that TRUNCATE checkpoint waits for readers (and holds up the writer) at most.
+WAL_TRUNCATE_WAIT_MS: Final = 100
 
 _FILE_MODE: Final = 0o600
 
@@ -185,6 +208,55 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
+class _WalCheckpointer:
+    """A thread that checkpoints the WAL on its own connection (see the module docstring)."""
+
+    __slots__ = ("_conn", "_every_s", "_limit_bytes", "_stop", "_thread", "_wal_path")
+
+    def __init__(
+        self, path: Path, *, every_ms: int, limit_bytes: int, truncate_wait_ms: int
+    ) -> None:
+        self._conn = _connect(path, read_only=False)
+        # Only TRUNCATE calls the busy handler: this bounds its wait for readers.
+        self._conn.execute(f"PRAGMA busy_timeout = {int(truncate_wait_ms)}")
+        self._wal_path = path.with_name(path.name + "-wal")
+        self._every_s = every_ms / 1000
+        self._limit_bytes = limit_bytes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="tallystick-wal-checkpointer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            # Nothing is lost by a failed round: the frames stay in the WAL for the next one.
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """PASSIVE, then TRUNCATE if the ``-wal`` file is over the limit.
+
+        :raises sqlite3.Error: SQLite failed.
+        :raises OSError: the ``-wal`` file cannot be examined.
+        """
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        try:
+            wal_bytes = self._wal_path.stat().st_size
+        except FileNotFoundError:
+            return
+        if wal_bytes > self._limit_bytes:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+
+    def close(self) -> None:
+        """Stop the thread, TRUNCATE the WAL (best effort: a reader may hold it) and close."""
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self._conn.close()
+
+
 class Store:
     """The log database. Writes go through one writer connection (one thread at a time);
     reads take a pooled connection, so many threads read at once. Build with :func:`open`.
@@ -195,13 +267,33 @@ class Store:
     """
 
     def __init__(
-        self, path: Path, *, read_only: bool, pinned: sqlite3.Connection | None = None
+        self,
+        path: Path,
+        *,
+        read_only: bool,
+        pinned: sqlite3.Connection | None = None,
+        wal_checkpoint_every_ms: int = WAL_CHECKPOINT_EVERY_MS,
+        wal_limit_bytes: int = WAL_LIMIT_BYTES,
+        wal_truncate_wait_ms: int = WAL_TRUNCATE_WAIT_MS,
     ) -> None:
         """Private: use :func:`open` (``pinned``: serve every read from that one connection)."""
         self.path = path
         self.read_only = read_only
         self._pinned = pinned
         self._writer = None if read_only else _connect(path, read_only=False)
+        self._checkpointer: _WalCheckpointer | None = None
+        if self._writer is not None:
+            self._writer.execute("PRAGMA wal_autocheckpoint = 0")  # _WalCheckpointer does it
+            try:
+                self._checkpointer = _WalCheckpointer(
+                    path,
+                    every_ms=wal_checkpoint_every_ms,
+                    limit_bytes=wal_limit_bytes,
+                    truncate_wait_ms=wal_truncate_wait_ms,
+                )
+            except BaseException:
+                self._writer.close()
+                raise
         self._group_view = False
         self._upper = _UpperLevels()
         self._closed = False
@@ -243,13 +335,17 @@ class Store:
         return self._writer
 
     def close(self) -> None:
-        """Close every connection."""
+        """Close every connection, the last checkpoint first (one file remains). Idempotent."""
         with self._lock:
             self._closed = True
             conns = [*self._readers, *([self._writer] if self._writer else [])]
+            checkpointer = self._checkpointer
             self._readers, self._idle, self._writer = [], [], None
+            self._checkpointer = None
         for conn in conns:
             conn.close()
+        if checkpointer is not None:
+            checkpointer.close()
 
     # -- creation and meta ---------------------------------------------------------------------
 
@@ -444,10 +540,18 @@ class Store:
             conn.close()
 
 
-def open(path: Path, *, read_only: bool = False) -> Store:
+def open(
+    path: Path,
+    *,
+    read_only: bool = False,
+    wal_checkpoint_every_ms: int = WAL_CHECKPOINT_EVERY_MS,
+    wal_limit_bytes: int = WAL_LIMIT_BYTES,
+    wal_truncate_wait_ms: int = WAL_TRUNCATE_WAIT_MS,
+) -> Store:
     """Open (creating the file with mode 0600 if absent) the log database at ``path``.
 
-    A read-only store never creates the file and can be opened while a daemon writes.
+    A read-only store never creates the file and can be opened while a daemon writes; a
+    writable one checkpoints its WAL in the background (the ``wal_`` options: module docstring).
 
     :raises LogUnavailable: ``log.not_found`` (read-only, no file) or ``log.storage_failed``.
     """
@@ -458,6 +562,12 @@ def open(path: Path, *, read_only: bool = False) -> Store:
         if not read_only and not path.exists():
             # Create it 0600 before SQLite does, so the log (and its -wal, -shm) is private.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
-        return Store(path, read_only=read_only)
+        return Store(
+            path,
+            read_only=read_only,
+            wal_checkpoint_every_ms=wal_checkpoint_every_ms,
+            wal_limit_bytes=wal_limit_bytes,
+            wal_truncate_wait_ms=wal_truncate_wait_ms,
+        )
     except (sqlite3.Error, OSError) as exc:
         raise LogUnavailable(f"log storage: cannot open {path}: {exc}") from exc

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import itertools
 import json
 import math
@@ -365,6 +367,8 @@ def test_a_configured_origin_is_kept_and_cannot_change(data_dir: Path) -> None:
         pytest.param({"checkpoint_every_entries": 0}, "log.bad_config", id="every-entries"),
         pytest.param({"checkpoint_every_ms": -1}, "log.bad_config", id="every-ms"),
         pytest.param({"checkpoint_every_ms": True}, "log.bad_config", id="every-ms-bool"),
+        pytest.param({"wal_checkpoint_every_ms": 0}, "log.bad_config", id="wal-every-ms"),
+        pytest.param({"wal_limit_bytes": -1}, "log.bad_config", id="wal-limit"),
     ],
 )
 def test_bad_options_are_refused(data_dir: Path, options: dict[str, Any], code: str) -> None:
@@ -495,6 +499,85 @@ def test_close_writes_a_final_checkpoint_and_refuses_more(data_dir: Path) -> Non
         log.append(EntryKind.AUDIT, "a", {"n": 4})
     assert exc.value.code == "log.closed"
     assert "\n3\n" in stored_checkpoints(data_dir)[-1]
+
+
+# -- WAL checkpoints ---------------------------------------------------------------------------
+
+#: Bounds a wait for the background checkpointer (it runs every few ms in these tests).
+WAL_WAIT_S = 10.0
+
+
+def wal_size(data_dir: Path) -> int:
+    wal = data_dir / (DB_FILENAME + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def main_file_entries(data_dir: Path, tmp_path: Path) -> int:
+    """Entry rows in a copy of the database file alone: what checkpoints have moved out of the
+    WAL (-1 while the copy caught a checkpoint half way)."""
+    copy = tmp_path / "main-file-only.sqlite3"
+    copy.unlink(missing_ok=True)
+    copy.write_bytes((data_dir / DB_FILENAME).read_bytes())
+    try:
+        with contextlib.closing(sqlite3.connect(copy)) as conn:
+            return int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+    except sqlite3.DatabaseError:
+        return -1
+
+
+def moved_to_file(data_dir: Path, tmp_path: Path, entries: int) -> bool:
+    return main_file_entries(data_dir, tmp_path) == entries
+
+
+def wait_until(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + WAL_WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_wal_is_checkpointed_in_the_background_and_stays_bounded(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    log = Log.open(data_dir, wal_checkpoint_every_ms=5, **QUIET)
+    try:
+        batch = [(EntryKind.CALL, "a", call_body(n)) for n in range(200)]
+        sizes = []
+        for round_ in range(1, 7):
+            log.append_batch(batch)
+            # The writer never checkpoints: only the background thread moves rows to the file.
+            assert wait_until(functools.partial(moved_to_file, data_dir, tmp_path, 200 * round_))
+            time.sleep(0.05)  # let the checkpoint record that it finished
+            sizes.append(wal_size(data_dir))
+        # Each round starts the WAL over instead of growing it (six rounds would be ~6x).
+        assert 0 < sizes[-1] < 3 * sizes[0]
+    finally:
+        log.close()
+    assert wal_size(data_dir) == 0
+    assert main_file_entries(data_dir, tmp_path) == 1200
+
+
+def test_a_wal_over_the_limit_is_truncated_once_a_reader_lets_go(data_dir: Path) -> None:
+    log = Log.open(data_dir, wal_checkpoint_every_ms=5, wal_limit_bytes=1, **QUIET)
+    try:
+        reader = sqlite3.connect(data_dir / DB_FILENAME, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM entries").fetchone()  # pins the WAL from here on
+        for n in range(20):
+            log.append_batch([(EntryKind.CALL, "a", call_body(n))] * 10)  # never held up
+        assert log.size == 200
+        time.sleep(0.1)
+        assert wal_size(data_dir) > 0  # the reader still needs it
+        reader.execute("COMMIT")
+        reader.close()
+        assert wait_until(lambda: wal_size(data_dir) == 0)  # truncated while the log is open
+        log.append(EntryKind.AUDIT, "a", {"n": 1})
+        assert log.size == 201
+    finally:
+        log.close()
+    assert wal_size(data_dir) == 0
 
 
 # -- bad input ---------------------------------------------------------------------------------
