@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,daemon]'
+	$(PY) -m pip install --quiet -e '.[dev,daemon,sdk]'
 	# The reference implementations, as test-only oracles. hdp-autogen's signing and
 	# verification modules need only cryptography and jcs, not AutoGen.
 	$(PY) -m pip install --quiet --no-deps hdp-autogen==0.2.0
@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	bash scripts/check_proto.sh $(PY)
 
-## proto: regenerate daemon/_proto from proto/ (CI fails if the committed code is stale)
+## proto: regenerate proto/gen from proto/ (CI fails if the committed code is stale)
 proto: $(STAMP)
 	bash scripts/gen_proto.sh $(PY)
 

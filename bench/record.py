@@ -60,8 +60,8 @@ from _common import (
     percentile,
 )
 from pymerkle import SqliteTree
-from tallystick.daemon._proto import ledger_pb2, ledger_pb2_grpc, log_pb2, log_pb2_grpc
 from tallystick.daemon.log import Log
+from tallystick.proto import ledger_pb2, ledger_pb2_grpc, log_pb2, log_pb2_grpc
 from tallystick.verifier.merkle import verify_inclusion
 
 #: Job kinds that record: unary, batched and streamed RPCs.

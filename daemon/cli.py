@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -196,6 +197,10 @@ def _serve(config: Config, stop: threading.Event) -> int:
         print(f"listening: {daemon.tcp_address} (tcp, mutual TLS)")
     if daemon.metrics_port is not None:
         print(f"metrics: {config.metrics_address}")
+    # Everything alive now (modules, the tree's cached upper levels) lives as long as the
+    # process: move it out of the collector's reach. A full collection over it took ~22 ms
+    # (measured at 3.5e5 entries), which set the p99 of whichever RPC it landed in.
+    gc.freeze()
     print("ready", flush=True)
     stop.wait()
     daemon.stop()

@@ -32,6 +32,7 @@ from typing import Any, Final
 import structlog
 from biscuit_auth import UnverifiedBiscuit
 from google.protobuf.message import Message
+from tallystick.proto import delegation_pb2
 from tallystick.verifier import aip, hdp
 from tallystick.verifier._internal.encoding import b64url_encode
 from tallystick.verifier.errors import (
@@ -53,7 +54,6 @@ from tallystick.verifier.logentry import (
     RevocationBody,
 )
 
-from ._proto import delegation_pb2
 from .agent_keys import AgentKeys
 from .config import Config
 from .errors import LogInconsistent, LogUnavailable

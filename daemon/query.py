@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from google.protobuf.message import Message
+from tallystick.proto import query_pb2
 from tallystick.verifier.checkpoint import SignedCheckpoint
 from tallystick.verifier.errors import MalformedInput, PolicyViolation, TallystickError
 from tallystick.verifier.logentry import EntryKind, LogEntry
 
-from ._proto import query_pb2
 from .delegation import Access, TokenBook, TokenVersion, entry_kind
 from .identity import Caller
 from .log import Log

@@ -36,6 +36,7 @@ from typing import Any, Final, TypeVar
 
 import grpc
 from pydantic import TypeAdapter, ValidationError
+from tallystick.proto import ledger_pb2, ledger_pb2_grpc, log_pb2, log_pb2_grpc
 from tallystick.verifier import aip, hdp
 from tallystick.verifier._cli import (
     EXIT_OK,
@@ -57,7 +58,6 @@ from tallystick.verifier.errors import (
 from tallystick.verifier.keys import PublicKey, load_public_key
 from tallystick.verifier.merkle import hash_leaf, verify_consistency, verify_inclusion
 
-from ._proto import ledger_pb2, ledger_pb2_grpc, log_pb2, log_pb2_grpc
 from .config import AgentId, split_host_port
 from .tls import TlsError, TlsMaterial, agent_id_of
 

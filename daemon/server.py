@@ -31,12 +31,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
+from tallystick.proto import delegation_pb2, ledger_pb2, log_pb2, query_pb2
 from tallystick.verifier import errors
 from tallystick.verifier.checkpoint import SignedCheckpoint
 from tallystick.verifier.logentry import CallBody
 from tallystick.verifier.merkle import hash_leaf
 
-from ._proto import delegation_pb2, ledger_pb2, log_pb2, query_pb2
 from .agent_keys import AgentKeys
 from .config import Config
 from .delegation import Access, DelegationService, TokenBook
@@ -188,6 +188,9 @@ _RECORD_OPTIONALS: Final = (
     "response_sha256",
     "delegation_id",
     "session_id",
+    "operation",
+    "tool_name",
+    "service_tier",
 )
 #: Every Usage field has presence, and is the same-named member of the body's usage.
 _USAGE_FIELDS: Final = tuple(field.name for field in ledger_pb2.Usage.DESCRIPTOR.fields)
@@ -218,6 +221,12 @@ def call_body(record: ledger_pb2.CallRecord) -> CallBody:
     if record.HasField("cost"):
         cost = record.cost
         fields["cost"] = {"amount": cost.amount, "currency": cost.currency}
+    if record.HasField("recount"):
+        recount = record.recount
+        fields["recount"] = {
+            "tokenizer": recount.tokenizer,
+            "visible_output_tokens": recount.visible_output_tokens,
+        }
     try:
         body = CallBody.model_validate(fields)
     except ValidationError as exc:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Generates the Python gRPC code for proto/tallystick/v1/*.proto into daemon/_proto/
-# (imported as tallystick.daemon._proto). Reproducible: the same grpcio-tools version gives
+# Generates the Python gRPC code for proto/tallystick/v1/*.proto into proto/gen/
+# (imported as tallystick.proto). Reproducible: the same grpcio-tools version gives
 # byte-identical files, so CI can regenerate and diff (scripts/check_proto.sh).
 #
-# Usage: scripts/gen_proto.sh [PYTHON] [OUT_DIR]   (defaults: .venv/bin/python, daemon/_proto)
+# Usage: scripts/gen_proto.sh [PYTHON] [OUT_DIR]   (defaults: .venv/bin/python, proto/gen)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 GRPCIO_TOOLS_VERSION=1.85.1
 
 python=${1:-.venv/bin/python}
-out=${2:-daemon/_proto}
+out=${2:-proto/gen}
 
 have=$("$python" -c 'import importlib.metadata as m; print(m.version("grpcio-tools"))')
 if [[ "$have" != "$GRPCIO_TOOLS_VERSION" ]]; then
@@ -29,7 +29,7 @@ mapfile -t protos < <(find proto/tallystick/v1 -name '*.proto' | LC_ALL=C sort)
 mkdir -p "$out"
 rm -f "$out"/*_pb2.py "$out"/*_pb2.pyi "$out"/*_pb2_grpc.py
 # protoc writes absolute imports (`from tallystick.v1 import x_pb2`); the modules live in
-# tallystick.daemon._proto, so make them relative.
+# tallystick.proto, so make them relative.
 for file in "$work"/tallystick/v1/*; do
     sed -e 's/^from tallystick\.v1 import /from . import /' "$file" >"$out/$(basename "$file")"
 done

@@ -52,6 +52,17 @@ def call_bodies(draw: st.DrawFn) -> dict[str, Any]:
     for name in ("request_sha256", "response_sha256"):
         if draw(st.booleans()):
             body[name] = draw(st.none() | st.text("0123456789abcdef", min_size=64, max_size=64))
+    for name in ("operation", "tool_name", "service_tier"):
+        if draw(st.booleans()):
+            body[name] = draw(
+                st.none() | st.text(st.characters(codec="utf-8"), min_size=1, max_size=20)
+            )
+    if draw(st.booleans()):
+        recount = {
+            "tokenizer": draw(st.text(min_size=1, max_size=20)),
+            "visible_output_tokens": draw(st.integers(0, MAX_SAFE_INTEGER)),
+        }
+        body["recount"] = draw(st.none() | st.just(recount))
     if draw(st.booleans()):
         amount = st.from_regex(r"(0|[1-9][0-9]{0,15})(\.[0-9]{1,12})?", fullmatch=True)
         currency = st.from_regex(r"[A-Z]{3}", fullmatch=True)

@@ -59,6 +59,7 @@ __all__ = [
     "DelegationFormat",
     "EntryKind",
     "LogEntry",
+    "Recount",
     "RevocationBody",
     "Usage",
 ]
@@ -129,6 +130,17 @@ class Cost(_Strict):
             raise MalformedInput("cost: not a decimal", code=_MALFORMED) from exc
 
 
+class Recount(_Strict):
+    """The recording side's own count of the visible output text, beside the provider's.
+
+    ``visible_output_tokens`` is compared with ``output_tokens - reasoning_output_tokens``; a
+    difference is a billing finding. ``tokenizer`` names the encoding used (``cl100k_base``).
+    """
+
+    tokenizer: StrictStr = Field(min_length=1, max_length=64)
+    visible_output_tokens: StrictInt = Field(ge=0, le=canonical.MAX_SAFE_INTEGER)
+
+
 class CallBody(_Strict):
     """One LLM or tool call. Prompt and response appear only as SHA-256 hashes."""
 
@@ -144,6 +156,13 @@ class CallBody(_Strict):
     delegation_id: StrictStr | None = Field(default=None, max_length=256)
     principal: StrictStr | None = Field(default=None, max_length=256)
     session_id: StrictStr | None = Field(default=None, max_length=256)
+    #: ``gen_ai.operation.name``: ``chat``, ``text_completion``, ``execute_tool``, ...
+    operation: StrictStr | None = Field(default=None, min_length=1, max_length=64)
+    #: ``gen_ai.tool.name``, for ``execute_tool``.
+    tool_name: StrictStr | None = Field(default=None, min_length=1, max_length=256)
+    #: The provider's service tier from the response; it selects the price table.
+    service_tier: StrictStr | None = Field(default=None, min_length=1, max_length=64)
+    recount: Recount | None = None
 
 
 class DelegationFormat(StrEnum):

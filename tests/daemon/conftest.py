@@ -17,9 +17,9 @@ from typing import Any
 
 import grpc
 import pytest
-from tallystick.daemon._proto import ledger_pb2, ledger_pb2_grpc, log_pb2_grpc
 from tallystick.daemon.config import load_config
 from tallystick.daemon.server import REASON_KEY, Daemon
+from tallystick.proto import ledger_pb2, ledger_pb2_grpc, log_pb2_grpc
 
 #: No checkpoint is signed on its own during a test: only on refresh, export and shutdown.
 QUIET_CHECKPOINTS = {"checkpoint_every_ms": 3_600_000, "checkpoint_every_entries": 10_000_000}

@@ -38,7 +38,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tallystick.daemon._proto import ledger_pb2, ledger_pb2_grpc, log_pb2, log_pb2_grpc
+from tallystick.proto import ledger_pb2, ledger_pb2_grpc, log_pb2, log_pb2_grpc
 from tallystick.verifier._cli import main as tallystick_main
 from tallystick.verifier.logentry import EntryKind, LogEntry
 

@@ -14,13 +14,13 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tallystick.daemon._proto import (
+from tallystick.daemon.config import load_config
+from tallystick.daemon.server import Daemon
+from tallystick.proto import (
     delegation_pb2,
     delegation_pb2_grpc,
     query_pb2,
 )
-from tallystick.daemon.config import load_config
-from tallystick.daemon.server import Daemon
 from tallystick.verifier import aip, hdp
 from tallystick.verifier.keys import PrivateKey, load_private_key, load_public_key
 from tallystick.verifier.logbundle import Bundle, verify_bundle

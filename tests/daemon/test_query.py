@@ -9,7 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
-from tallystick.daemon._proto import (
+from tallystick.daemon.config import load_config
+from tallystick.daemon.server import Daemon
+from tallystick.proto import (
     delegation_pb2,
     delegation_pb2_grpc,
     ledger_pb2,
@@ -17,8 +19,6 @@ from tallystick.daemon._proto import (
     query_pb2,
     query_pb2_grpc,
 )
-from tallystick.daemon.config import load_config
-from tallystick.daemon.server import Daemon
 from tallystick.verifier import hdp
 from tallystick.verifier.checkpoint import NoteVerifier, verify_checkpoint
 from tallystick.verifier.keys import load_public_key

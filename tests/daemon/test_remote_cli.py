@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import structlog
-from tallystick.daemon._proto import log_pb2
 from tallystick.daemon.remote_cli import delegation_id, parse_address
 from tallystick.daemon.storage.sqlite import DB_FILENAME
+from tallystick.proto import log_pb2
 from tallystick.verifier import aip, hdp
 from tallystick.verifier._cli import UsageError, main
 from tallystick.verifier.checkpoint import NoteVerifier, verify_checkpoint

@@ -18,12 +18,12 @@ import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from tallystick.daemon._proto import ledger_pb2, ledger_pb2_grpc, log_pb2
 from tallystick.daemon.cli import main
 from tallystick.daemon.config import ConfigError
 from tallystick.daemon.errors import LogInconsistent, LogUnavailable
 from tallystick.daemon.log import export_data_dir
 from tallystick.daemon.server import DaemonError, status_for
+from tallystick.proto import ledger_pb2, ledger_pb2_grpc, log_pb2
 from tallystick.verifier import errors
 from tallystick.verifier._internal.encoding import b64_decode
 from tallystick.verifier.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint

@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tallystick.daemon import cli as daemon_cli
-from tallystick.daemon._proto import ledger_pb2, ledger_pb2_grpc, log_pb2, log_pb2_grpc
 from tallystick.daemon.config import ConfigError, load_config
 from tallystick.daemon.remote_cli import TcpAddress, agent_address, parse_address
 from tallystick.daemon.server import Daemon
@@ -46,6 +45,7 @@ from tallystick.daemon.tls import (
     load_ca,
     write_issued,
 )
+from tallystick.proto import ledger_pb2, ledger_pb2_grpc, log_pb2, log_pb2_grpc
 from tallystick.verifier._cli import UsageError
 from tallystick.verifier._cli import main as tallystick
 from tallystick.verifier.errors import IdentityUnresolvable

@@ -29,7 +29,7 @@ class Cost(_message.Message):
     def __init__(self, amount: _Optional[str] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class CallRecord(_message.Message):
-    __slots__ = ("provider", "model", "request_id", "usage", "cost", "latency_ms", "request_sha256", "response_sha256", "delegation_id", "session_id")
+    __slots__ = ("provider", "model", "request_id", "usage", "cost", "latency_ms", "request_sha256", "response_sha256", "delegation_id", "session_id", "operation", "tool_name", "service_tier", "recount")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,10 @@ class CallRecord(_message.Message):
     RESPONSE_SHA256_FIELD_NUMBER: _ClassVar[int]
     DELEGATION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_TIER_FIELD_NUMBER: _ClassVar[int]
+    RECOUNT_FIELD_NUMBER: _ClassVar[int]
     provider: str
     model: str
     request_id: str
@@ -50,7 +54,19 @@ class CallRecord(_message.Message):
     response_sha256: str
     delegation_id: str
     session_id: str
-    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., latency_ms: _Optional[int] = ..., request_sha256: _Optional[str] = ..., response_sha256: _Optional[str] = ..., delegation_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    operation: str
+    tool_name: str
+    service_tier: str
+    recount: Recount
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost: _Optional[_Union[Cost, _Mapping]] = ..., latency_ms: _Optional[int] = ..., request_sha256: _Optional[str] = ..., response_sha256: _Optional[str] = ..., delegation_id: _Optional[str] = ..., session_id: _Optional[str] = ..., operation: _Optional[str] = ..., tool_name: _Optional[str] = ..., service_tier: _Optional[str] = ..., recount: _Optional[_Union[Recount, _Mapping]] = ...) -> None: ...
+
+class Recount(_message.Message):
+    __slots__ = ("tokenizer", "visible_output_tokens")
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    VISIBLE_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokenizer: str
+    visible_output_tokens: int
+    def __init__(self, tokenizer: _Optional[str] = ..., visible_output_tokens: _Optional[int] = ...) -> None: ...
 
 class RecordCallRequest(_message.Message):
     __slots__ = ("call",)
