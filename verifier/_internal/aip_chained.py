@@ -33,7 +33,7 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from biscuit_auth import (
     Algorithm,
@@ -83,6 +83,8 @@ _BISCUIT_ERRORS = (
     DataLogError,
 )
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+#: Wall-clock backstop for one Datalog run (biscuit's default is 1 ms).
+_DATALOG_MAX_TIME = timedelta(milliseconds=200)
 
 
 # biscuit-python 0.4's stub predates its Algorithm argument (and Algorithm's members).
@@ -503,6 +505,11 @@ def authorize_tool(biscuit: Biscuit, *, tool: str, now: int, depth: int) -> None
     builder.add_fact(Fact("time({time})", {"time": datetime.fromtimestamp(now, UTC)}))
     builder.add_fact(Fact("depth({depth})", {"depth": depth}))
     builder.add_policy(Policy("allow if tool({tool})", {"tool": tool}))
+    # Biscuit's default 1 ms wall-clock cap made a valid token fail on a busy machine (seen in
+    # CI): the fact and iteration caps bound the work deterministically; time is a backstop.
+    limits = builder.limits()  # type: ignore[attr-defined]  # missing from the 0.4 stub
+    limits.max_time = _DATALOG_MAX_TIME
+    builder.set_limits(limits)  # type: ignore[attr-defined]
     try:
         builder.build(biscuit).authorize()
     except _BISCUIT_ERRORS as exc:
