@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run demo test lint typecheck pytest wheel-check bench proto clean
+.PHONY: run demo demo-tokens test lint typecheck pytest wheel-check bench proto clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	bash scripts/run.sh $(VENV)/bin
 
-## demo: the offline token demo: keys and tokens under var/demo, verified offline
+## demo: agents record LLM calls through the SDK; the bill and provenance are checked offline
 demo: $(STAMP)
+	$(PY) -m demo.workflow var/demo
+
+## demo-tokens: the offline token demo: keys and tokens under var/demo-tokens, verified offline
+demo-tokens: $(STAMP)
 	bash scripts/demo.sh $(VENV)/bin
 
 ## test: lint, type-check, the test suite, and an install of the built wheel into a clean venv

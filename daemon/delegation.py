@@ -518,7 +518,7 @@ class DelegationService:
         token = hdp.HdpToken.from_json(_text(request.token, "token", limit=_MAX_TOKEN))
         now = self._clock_ms()
         with self._book.writing():
-            self._check_hdp(token, now)
+            self._check_hdp(token, now, latest_only=True)
             data = token.to_dict()
             bound = data["scope"]["extensions"]["x-tallystick"]["agents"]  # verified: profile
             if agent not in {binding["agent_id"] for binding in bound}:
@@ -545,16 +545,33 @@ class DelegationService:
             )
         return _hdp_reply(extended, index)
 
-    def _check_hdp(self, token: hdp.HdpToken, now_ms: int) -> hdp.VerifiedHdp:
+    def _check_hdp(self, token: hdp.HdpToken, now_ms: int, *, latest_only: bool) -> hdp.VerifiedHdp:
+        """Verify ``token`` against the head the log holds for its version.
+
+        Extending needs the latest version (``latest_only``): a chain grows one version at a
+        time. Verifying takes any logged version, matched exactly by its head commitment: when
+        an agent hands work to two sub-agents, each acts under its own version of the chain
+        (the second extends the first's), and the earlier one stays the first's authority.
+        """
         versions = self._book.versions(token.token_id)
         latest = versions[-1] if versions else None
+        anchor = latest
+        if not latest_only:
+            anchor = next(
+                (
+                    version
+                    for version in versions
+                    if version.head is not None and version.head.hop_count == token.hop_count
+                ),
+                latest,
+            )
         verified = hdp.verify(
             token,
             public_key=self._keys.issuer().public_key,
             profile="require",
-            anchored_head=None if latest is None else latest.head,
+            anchored_head=None if anchor is None else anchor.head,
         )
-        if latest is None or latest.head is None or token.hop_count > latest.head.hop_count:
+        if anchor is None or anchor.head is None or token.hop_count > anchor.head.hop_count:
             raise ChainBroken(
                 f"hdp token {token.token_id[:80]!r}: this version was never logged",
                 code="delegation.not_logged" if latest else "delegation.unknown_token",
@@ -752,7 +769,7 @@ class DelegationService:
         if audience is not None:
             raise _bad("audience applies to compact AIP tokens only")
         token = hdp.HdpToken.from_json(text)
-        self._check_hdp(token, now_ms)
+        self._check_hdp(token, now_ms, latest_only=False)
         data = token.to_dict()
         tools = data["scope"].get("authorized_tools")
         if tool is not None and tools is not None and tool not in tools:

@@ -4,7 +4,7 @@
 set -euo pipefail
 bin=${1:-.venv/bin}
 ts="$bin/tallystick"
-demo=var/demo
+demo=var/demo-tokens
 rm -rf "$demo"
 mkdir -p "$demo"
 

@@ -1,1 +1,46 @@
-"""The Tallystick Python SDK: the sidecar client, delegation context and LLM-client wrappers."""
+"""The Tallystick Python SDK: the sidecar client, delegation context and LLM-client wrappers.
+
+::
+
+    from openai import OpenAI
+    from tallystick.sdk import Client, authorize, wrap
+
+    with Client("unix:var/agents/orchestrator.sock") as sidecar:
+        llm = wrap(OpenAI(), recorder=sidecar)             # every call recorded, usage and cost
+        with authorize(sidecar, "alice@example.com", "s1", "Summarise Q3"):
+            llm.chat.completions.create(model="gpt-4.1", messages=[...])
+
+Modules: :mod:`~tallystick.sdk.client` (``Client``, ``AsyncClient``, ``Policy``),
+:mod:`~tallystick.sdk.context` (the current delegation), :mod:`~tallystick.sdk.http` (passing
+it between agents over HTTP), :mod:`~tallystick.sdk.tools` (``@tool``),
+:mod:`~tallystick.sdk.wrap` with :mod:`~tallystick.sdk.adapters` (LLM clients),
+:mod:`~tallystick.sdk.recount` and :mod:`~tallystick.sdk.otel`.
+"""
+
+from .client import AsyncClient, Client, Policy
+from .context import Delegation, authorize, current, delegate, run_in_context, use
+from .errors import SidecarRejected, SidecarUnavailable, ToolNotAuthorized
+from .http import DelegationAuth, from_headers, headers
+from .tools import configure, tool
+from .wrap import wrap
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Delegation",
+    "DelegationAuth",
+    "Policy",
+    "SidecarRejected",
+    "SidecarUnavailable",
+    "ToolNotAuthorized",
+    "authorize",
+    "configure",
+    "current",
+    "delegate",
+    "from_headers",
+    "headers",
+    "run_in_context",
+    "tool",
+    "use",
+    "wrap",
+]

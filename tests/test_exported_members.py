@@ -11,14 +11,20 @@ import tallystick.verifier
 
 PUBLIC_MODULES = [
     "aip",
+    "billing",
     "canonical",
     "checkpoint",
     "errors",
     "hdp",
+    "invoice",
     "keys",
     "logbundle",
     "logentry",
     "merkle",
+    "pricing",
+    "provenance",
+    "report",
+    "usage",
 ]
 
 

@@ -30,23 +30,51 @@ Modules:
 - :mod:`~tallystick.verifier.checkpoint`: C2SP signed notes and log checkpoints.
 - :mod:`~tallystick.verifier.logentry`: the exact bytes and kinds of log entries.
 - :mod:`~tallystick.verifier.logbundle`: offline verification of an exported log bundle.
+- :mod:`~tallystick.verifier.usage`: provider usage objects in one normalized view, OTel names.
+- :mod:`~tallystick.verifier.pricing`: the price table; unknown models are unknown, never free.
+- :mod:`~tallystick.verifier.invoice`: provider usage exports (OpenAI, per-request CSV).
+- :mod:`~tallystick.verifier.billing`: reconciling an invoice with the signed records.
+- :mod:`~tallystick.verifier.provenance`: an entry's chain back to the human principal.
+- :mod:`~tallystick.verifier.report`: a self-contained HTML report of an exported log.
 
 ``tallystick.verifier._internal`` holds machinery with no compatibility promise.
 """
 
-from . import aip, canonical, checkpoint, errors, hdp, keys, logbundle, logentry, merkle
+from . import (
+    aip,
+    billing,
+    canonical,
+    checkpoint,
+    errors,
+    hdp,
+    invoice,
+    keys,
+    logbundle,
+    logentry,
+    merkle,
+    pricing,
+    provenance,
+    report,
+    usage,
+)
 
 __all__ = [
     "__version__",
     "aip",
+    "billing",
     "canonical",
     "checkpoint",
     "errors",
     "hdp",
+    "invoice",
     "keys",
     "logbundle",
     "logentry",
     "merkle",
+    "pricing",
+    "provenance",
+    "report",
+    "usage",
 ]
 
 __version__ = "0.1.0"

@@ -24,11 +24,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, aip, hdp, logbundle
+from . import __version__, aip, billing, hdp, invoice, logbundle, provenance, report
+from ._progress import Progress, progress_for
 from .errors import KeyInvalid, TallystickError
 from .keys import PrivateKey, PublicKey, load_private_key, load_public_key, save_private_key
 
@@ -349,13 +351,20 @@ def cmd_aip_verify(args: argparse.Namespace) -> int:
     return _report(verdict, as_json=args.json, summary=f"{verified.format} token: {detail}")
 
 
+def _load_bundle(spec: str) -> logbundle.Bundle:
+    """The bundle at path ``spec``, or on standard input for ``-``."""
+    if spec == "-":
+        return logbundle.Bundle.from_text(sys.stdin.buffer.read(logbundle.MAX_BUNDLE_BYTES + 1))
+    return logbundle.Bundle.from_path(spec)
+
+
 def cmd_log_verify(args: argparse.Namespace) -> int:
     log_key = _public_key(args.log_key)
-    if args.bundle == "-":
-        bundle = logbundle.Bundle.from_text(sys.stdin.buffer.read(logbundle.MAX_BUNDLE_BYTES + 1))
-    else:
-        bundle = logbundle.Bundle.from_path(args.bundle)
-    report = logbundle.verify_bundle(bundle, log_key=log_key, origin=args.origin)
+    with progress_for(as_json=args.json) as progress:
+        progress.stage("reading bundle")
+        bundle = _load_bundle(args.bundle)
+        progress.stage(f"verifying {bundle.size} entries")
+        report = logbundle.verify_bundle(bundle, log_key=log_key, origin=args.origin)
     if args.json:
         print(json.dumps(report.to_dict(), sort_keys=True))
     elif report.damage is None:
@@ -366,6 +375,206 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
     else:
         print(f"invalid: {report.damage}")
     return EXIT_OK if report.valid else EXIT_REJECTED
+
+
+# -- audit commands: billing, provenance, report -------------------------------------------------
+
+
+def _audited_log(args: argparse.Namespace, progress: Progress) -> provenance.AuditedLog:
+    """The bundle ``args.bundle``, verified against ``args.log_key`` (fails closed).
+
+    :raises LogDamaged: the bundle does not verify.
+    """
+    log_key = _public_key(args.log_key)
+    progress.stage("reading bundle")
+    bundle = _load_bundle(args.bundle)
+    progress.stage(f"verifying {bundle.size} entries")
+    return provenance.AuditedLog.open(
+        bundle, log_key=log_key, origin=args.origin, progress=progress.update
+    )
+
+
+def _damaged(exc: logbundle.LogDamaged, *, as_json: bool) -> int:
+    """Report a bundle that failed verification: nothing else is reported from it."""
+    if as_json:
+        print(json.dumps({"valid": False, "damage": exc.damage.to_dict()}, sort_keys=True))
+    else:
+        print(f"invalid: the bundle does not verify, nothing checked: {exc.damage}")
+    return EXIT_REJECTED
+
+
+def _tolerance(text: str) -> Decimal:
+    """``1%`` or ``0.01``: a fraction of zero or more."""
+    percent = text.endswith("%")
+    try:
+        value = Decimal(text[:-1] if percent else text)
+    except InvalidOperation as exc:
+        raise argparse.ArgumentTypeError("must be a fraction (0.01) or a percentage (1%)") from exc
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError("must be zero or more")
+    return value / 100 if percent else value
+
+
+def _amount(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation as exc:
+        raise argparse.ArgumentTypeError("must be a decimal amount") from exc
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError("must be a finite amount of zero or more")
+    return value
+
+
+def _load_invoice(spec: str, fmt: str) -> invoice.Invoice:
+    if spec == "-":
+        data = sys.stdin.buffer.read(invoice.MAX_INVOICE_BYTES + 1)
+        return invoice.parse_invoice(data, format=fmt)
+    return invoice.Invoice.from_path(spec, format=fmt)
+
+
+def _reconcile(
+    args: argparse.Namespace, log: provenance.AuditedLog, progress: Progress
+) -> billing.Reconciliation:
+    billed = _load_invoice(args.invoice, args.format)
+    progress.stage("reconciling")
+    return billing.reconcile(
+        log,
+        billed,
+        tolerance=billing.Tolerance(relative=args.tolerance, cost=args.cost_tolerance),
+        provider=args.provider,
+        progress=progress.update,
+    )
+
+
+def _with_audited_log(
+    args: argparse.Namespace,
+    *,
+    as_json: bool,
+    then: Callable[[provenance.AuditedLog, Progress], int],
+) -> int:
+    """Verify the bundle, then run ``then``; a damaged bundle is reported and exits 1."""
+    with progress_for(as_json=as_json) as progress:
+        try:
+            log = _audited_log(args, progress)
+        except logbundle.LogDamaged as exc:
+            progress.close()
+            return _damaged(exc, as_json=as_json)
+        return then(log, progress)
+
+
+def cmd_billing_reconcile(args: argparse.Namespace) -> int:
+    if args.bundle == "-" and args.invoice == "-":
+        raise UsageError("billing reconcile: only one of BUNDLE and --invoice may be -")
+
+    def then(log: provenance.AuditedLog, progress: Progress) -> int:
+        result = _reconcile(args, log, progress)
+        progress.close()
+        if args.json:
+            print(json.dumps(result.to_dict(), sort_keys=True))
+        else:
+            _print_reconciliation(result)
+        return EXIT_OK if result.matches else EXIT_REJECTED
+
+    return _with_audited_log(args, as_json=args.json, then=then)
+
+
+def _print_reconciliation(result: billing.Reconciliation) -> None:
+    days = f"{result.days[0]} to {result.days[-1]}" if result.days else "no days"
+    tolerance = result.tolerance
+    print(
+        f"{'matches' if result.matches else 'DIFFERS'}: {result.invoice_format.value} invoice, "
+        f"{days}: {result.billed_items} billed item(s), {result.recorded_calls} recorded call(s)"
+    )
+    print(
+        f"log: {result.log_size} entries, verified against its signed checkpoint; tolerance "
+        f"{tolerance.relative * 100}% and {tolerance.cost} in cost"
+    )
+    if result.unpriced:
+        print(f"unpriced (no recorded cost, not compared): entries {_indexes(result.unpriced)}")
+    if not result.findings:
+        return
+    print(f"{len(result.findings)} finding(s); proofs with --json:")
+    rows = [("kind", "day", "model", "request", "field", "billed", "recorded", "entries")]
+    for finding in result.findings:
+        rows.append(
+            (
+                finding.kind.value,
+                "" if finding.day is None else finding.day.isoformat(),
+                finding.model or "",
+                finding.request_id or "",
+                finding.field or "",
+                finding.billed or "",
+                finding.recorded or "",
+                _indexes(finding.entries),
+            )
+        )
+    _print_table(rows)
+
+
+def _indexes(indexes: Sequence[int], limit: int = 8) -> str:
+    shown = ", ".join(str(index) for index in indexes[:limit])
+    return shown + (f", ... ({len(indexes)})" if len(indexes) > limit else "")
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [min(40, max(len(row[column]) for row in rows)) for column in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell[:width].ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+def cmd_provenance(args: argparse.Namespace) -> int:
+    def then(log: provenance.AuditedLog, progress: Progress) -> int:
+        progress.close()
+        found = provenance.provenance(log, args.entry)
+        if args.json:
+            print(json.dumps(found.to_dict(), sort_keys=True))
+        else:
+            _print_provenance(found)
+        return EXIT_OK if found.verified else EXIT_REJECTED
+
+    return _with_audited_log(args, as_json=args.json, then=then)
+
+
+def _print_provenance(found: provenance.Provenance) -> None:
+    verdict = "verified" if found.verified else f"NOT VERIFIED ({found.status.value})"
+    print(f"{verdict}: entry {found.index} ({found.kind}) by agent {found.agent}: {found.detail}")
+    if found.principal:
+        print(f"principal: {found.principal}")
+    if found.token_id:
+        print(f"token: {found.token_id} ({found.format or 'not in the log'})")
+    if found.intent:
+        print(f"intent: {found.intent}")
+    if found.scopes:
+        print(f"scope: {', '.join(found.scopes)}")
+    for hop in found.hops:
+        print(
+            f"  hop {hop.seq}: {hop.agent_id} ({hop.agent_type}): {hop.action_summary} "
+            f"[{hop.status}]"
+        )
+    for item in found.entries:
+        proof = item.proof
+        print(
+            f"  entry {item.index} {item.role} by {item.agent} [{item.status}]: included in the "
+            f"tree of size {proof.tree_size}, root {proof.root_hash.hex()[:16]}..."
+        )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    def then(log: provenance.AuditedLog, progress: Progress) -> int:
+        result = _reconcile(args, log, progress) if args.invoice else None
+        progress.stage("writing report")
+        page = report.render(log, reconciliation=result)
+        try:
+            Path(args.html).write_text(page, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"report: cannot write {args.html}: {exc.strerror}") from exc
+        progress.close()
+        billed = "" if result is None else f", billing: {len(result.findings)} finding(s)"
+        print(f"wrote {args.html}: {log.size} entries{billed}")
+        return EXIT_OK
+
+    return _with_audited_log(args, as_json=False, then=then)
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -560,10 +769,87 @@ def _build_parser(plugins: Iterable[Register]) -> argparse.ArgumentParser:
     lverify.add_argument("--json", action="store_true", help="print one JSON object")
     lverify.set_defaults(handler=cmd_log_verify)
 
+    _add_audit_commands(commands, key_help)
+
     groups: SubcommandGroups = {"": commands, "log": log_commands}
     for register in plugins:
         register(groups)
     return parser
+
+
+def _add_bundle_arguments(parser: argparse.ArgumentParser, key_help: str) -> None:
+    parser.add_argument("bundle", metavar="BUNDLE", help="the bundle file, or - for standard input")
+    parser.add_argument("--log-key", required=True, metavar="KEY", help=f"the log key ({key_help})")
+    parser.add_argument("--origin", metavar="O", help="also require this checkpoint origin")
+
+
+def _add_invoice_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument(
+        "--invoice",
+        required=required,
+        metavar="FILE",
+        help="the provider's usage export (OpenAI usage/costs JSON or per-request CSV), or -",
+    )
+    parser.add_argument(
+        "--format", default="auto", choices=["auto", "openai", "csv"], help="default auto"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=Decimal(0),
+        metavar="PCT",
+        help="relative tolerance for counts and costs: 1%% or 0.01 (default 0, exact)",
+    )
+    parser.add_argument(
+        "--cost-tolerance",
+        type=_amount,
+        default=Decimal(0),
+        metavar="AMOUNT",
+        help="absolute tolerance for costs, e.g. 0.000001 (default 0)",
+    )
+    parser.add_argument(
+        "--provider", metavar="P", help="compare only calls of this provider (default: all)"
+    )
+
+
+def _add_audit_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], key_help: str
+) -> None:
+    billing_parser = commands.add_parser("billing", help="check a provider's bill offline")
+    billing_commands = billing_parser.add_subparsers(
+        dest="billing_command", required=True, metavar="COMMAND"
+    )
+    breconcile = billing_commands.add_parser(
+        "reconcile",
+        help="compare a provider's usage export with the signed call records of a bundle",
+        epilog="Exit codes: 0 the bill matches, 1 findings (or a damaged bundle), "
+        "2 unreadable input.",
+    )
+    _add_bundle_arguments(breconcile, key_help)
+    _add_invoice_arguments(breconcile, required=True)
+    breconcile.add_argument("--json", action="store_true", help="print one JSON object")
+    breconcile.set_defaults(handler=cmd_billing_reconcile)
+
+    prov = commands.add_parser(
+        "provenance",
+        help="the chain from an entry back to the human principal, with proofs",
+        epilog="Exit codes: 0 the chain verified, 1 it did not (or a damaged bundle), "
+        "2 unreadable input or no such entry.",
+    )
+    _add_bundle_arguments(prov, key_help)
+    prov.add_argument("--entry", required=True, type=_non_negative, metavar="I")
+    prov.add_argument("--json", action="store_true", help="print one JSON object")
+    prov.set_defaults(handler=cmd_provenance)
+
+    rep = commands.add_parser(
+        "report",
+        help="write a self-contained HTML report of a bundle",
+        epilog="Exit codes: 0 written, 1 a damaged bundle, 2 unreadable input.",
+    )
+    _add_bundle_arguments(rep, key_help)
+    rep.add_argument("--html", required=True, metavar="OUT", help="the HTML file to write")
+    _add_invoice_arguments(rep, required=False)
+    rep.set_defaults(handler=cmd_report)
 
 
 def _fail(message: str) -> NoReturn:

@@ -205,6 +205,38 @@ def test_only_the_latest_logged_version_can_be_extended(tsd: RunningDaemon) -> N
     )
 
 
+def test_an_earlier_logged_version_still_verifies_but_a_forged_one_does_not(
+    tsd: RunningDaemon,
+) -> None:
+    # An orchestrator hands work to two sub-agents: the second extends the first's version, and
+    # the first keeps acting under its own (shorter) version, which the log holds exactly.
+    first = root(tsd, agents=["alice", "bob"])
+    alice = stub(tsd, "alice").ExtendHdp(
+        Request.ExtendHdpRequest(token=first.token, action_summary="plan")
+    )
+    bob = stub(tsd, "bob").ExtendHdp(
+        Request.ExtendHdpRequest(token=alice.token, action_summary="search", parent_hop=1)
+    )
+    assert (alice.hop_count, bob.hop_count) == (1, 2)
+    verify = stub(tsd, "carol").VerifyToken
+    for token in (first.token, alice.token, bob.token):
+        assert verify(Request.VerifyTokenRequest(token=token)).valid
+    forged = json.loads(alice.token)
+    forged["chain"][0]["action_summary"] = "plan, and also pay"
+    verdict = verify(Request.VerifyTokenRequest(token=json.dumps(forged)))
+    assert not verdict.valid
+    assert verdict.code.startswith("hdp.")
+    # Extending still needs the latest version.
+    refused(
+        tsd,
+        lambda: stub(tsd, "alice").ExtendHdp(
+            Request.ExtendHdpRequest(token=alice.token, action_summary="again")
+        ),
+        Code.INVALID_ARGUMENT,
+        "hdp.truncated",
+    )
+
+
 def test_concurrent_extends_of_one_version_let_exactly_one_through(tsd: RunningDaemon) -> None:
     first = root(tsd, agents=["alice", "bob"])
     outcomes: list[str] = []
