@@ -36,7 +36,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -413,8 +413,12 @@ def _write_bundle(
         raise
 
 
-def export_data_dir(data_dir: Path, out: Path) -> int:
+def export_data_dir(
+    data_dir: Path, out: Path, *, progress: Callable[[int, int], None] | None = None
+) -> int:
     """Write the bundle of the log in ``data_dir`` exactly as stored; return its entry count.
+
+    ``progress(done, total)`` is called as entries are written (every 4,096 and at the end).
 
     Reads the database read-only (a daemon may be running) and signs nothing: every stored entry
     row, in index order, and every stored checkpoint, so damage to the rows stays visible to
@@ -435,18 +439,31 @@ def export_data_dir(data_dir: Path, out: Path) -> int:
             vkey = NoteVerifier.from_public_key(origin, public_key).vkey
             size = snap.count_entries()
             history = log_keys.read_history(data_dir)
+            rows = snap.entry_rows(0, _ALL)
             _write_bundle(
                 out,
                 origin=origin,
                 vkey=vkey,
                 size=size,
-                entries=snap.entry_rows(0, _ALL),
+                entries=rows if progress is None else _reporting(rows, size, progress),
                 checkpoints=snap.checkpoints(_ALL),
                 key_documents=history if len(history) > 1 else (),
             )
     finally:
         store.close()
     return size
+
+
+def _reporting(
+    rows: Iterable[tuple[int, bytes, bytes]], total: int, progress: Callable[[int, int], None]
+) -> Iterator[tuple[int, bytes, bytes]]:
+    done = 0
+    for row in rows:
+        yield row
+        done += 1
+        if done % 4096 == 0:
+            progress(done, total)
+    progress(done, total)
 
 
 def _stored_public_key(data_dir: Path) -> PublicKey:

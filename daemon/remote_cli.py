@@ -47,6 +47,7 @@ from tallystick.verifier._cli import (
     _read_input,
 )
 from tallystick.verifier._internal.encoding import b64url_decode, b64url_encode
+from tallystick.verifier._progress import progress_for
 from tallystick.verifier.canonical import parse_json
 from tallystick.verifier.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
 from tallystick.verifier.errors import (
@@ -677,17 +678,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.daemon is None and any((args.tls_cert, args.tls_key, args.tls_ca)):
         raise UsageError(f"{_TLS_OPTIONS} are for --daemon HOST:PORT, not --data-dir")
-    if args.daemon is not None:
-        with _Client(_address(args), args.timeout) as client:
-            size = client.export(out)
-    else:
-        from .log import export_data_dir  # on use: sqlite_utils is slow to import
+    with progress_for(as_json=args.json) as progress:
+        if args.daemon is not None:
+            progress.stage(f"export: receiving the bundle from {args.daemon}")
+            with _Client(_address(args), args.timeout) as client:
+                size = client.export(out)
+        else:
+            from .log import export_data_dir  # on use: sqlite_utils is slow to import
 
-        try:
-            # Absolute: the store opens SQLite by file: URI, which a relative path cannot be.
-            size = export_data_dir(Path(args.data_dir), out)
-        except OSError as exc:
-            raise UsageError(f"export: {exc.filename}: {exc.strerror}") from exc
+            progress.stage("export: entries")
+            try:
+                # Absolute: the store opens SQLite by file: URI, which a relative path cannot be.
+                size = export_data_dir(Path(args.data_dir), out, progress=progress.update)
+            except OSError as exc:
+                raise UsageError(f"export: {exc.filename}: {exc.strerror}") from exc
     if args.json:
         _print_json({"out": str(out), "size": size})
     else:

@@ -45,20 +45,15 @@ def test_progress_is_quiet_off_a_terminal_and_for_json() -> None:
 
 def _verify_with_tty_stderr(bundle: Path, pub: Path, *extra: str) -> tuple[int, str, str]:
     """Run ``log verify`` with stderr on a pseudo-terminal and stdout on a pipe."""
+    return _cli_with_tty_stderr("log", "verify", str(bundle), "--log-key", str(pub), *extra)
+
+
+def _cli_with_tty_stderr(*argv: str) -> tuple[int, str, str]:
+    """Run ``tallystick ARGV`` with stderr on a pseudo-terminal and stdout on a pipe."""
     leader, follower = os.openpty()
     try:
         process = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tallystick.verifier",
-                "log",
-                "verify",
-                str(bundle),
-                "--log-key",
-                str(pub),
-                *extra,
-            ],
+            [sys.executable, "-m", "tallystick.verifier", *argv],
             stdout=subprocess.PIPE,
             stderr=follower,
             text=True,
@@ -108,3 +103,17 @@ def test_log_verify_shows_progress_only_on_a_terminal_without_json(tmp_path: Pat
         check=False,
     )
     assert piped.returncode == 0 and piped.stderr == ""
+
+
+def test_log_export_shows_progress_only_on_a_terminal_without_json(tmp_path: Path) -> None:
+    write_bundle(tmp_path, [(DAY1_MS + n, "alice", call(f"r{n}")) for n in range(3)])
+    out = tmp_path / "again.bundle"
+    code, stdout, err = _cli_with_tty_stderr(
+        "log", "export", "--data-dir", str(tmp_path / "log"), "--out", str(out)
+    )
+    assert code == 0 and stdout.startswith("exported 3 entries")
+    assert "export: entries: 3/3 (100%)" in err
+    code, stdout, err = _cli_with_tty_stderr(
+        "log", "export", "--data-dir", str(tmp_path / "log"), "--out", str(out), "--json"
+    )
+    assert code == 0 and '"size": 3' in stdout and err == ""
