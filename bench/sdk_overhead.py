@@ -2,7 +2,8 @@
 
 One run:
 
-1. ``demo.llm_server.LLMServer`` on loopback (answers from the reasoning traces) and a real
+1. ``demo.llm_server`` on loopback in its own process, as a provider is (it answers from the
+   reasoning traces), and a real
    ``tallystickd`` subprocess with one agent; the real ``openai`` client calls
    ``chat.completions.create`` N times unwrapped, N times wrapped by
    :func:`tallystick.sdk.wrap.wrap` recording through a ``BackgroundRecorder`` (queued, sent in
@@ -20,6 +21,7 @@ depend on the machine (the client, the server and the daemon share its cores).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,6 @@ from tallystick.sdk.client import Client
 from tallystick.sdk.wrap import wrap
 from tallystick.verifier.keys import load_public_key
 from tallystick.verifier.logbundle import Bundle, verify_bundle
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from demo.llm_server import LLMServer  # the repository root, for demo/
 
 AGENT = "bench"
 BLOCK = 250  # calls per block; the clients' blocks alternate
@@ -73,6 +72,27 @@ def _start_daemon(data_dir: Path) -> subprocess.Popen[str]:
     raise RuntimeError(f"tallystickd exited with {daemon.wait()}")
 
 
+@contextlib.contextmanager
+def _llm_server() -> Iterator[str]:
+    """``demo.llm_server`` in its own process, as a provider is; yields its ``base_url``."""
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "demo.llm_server", "--port", "0"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # "serving on http://127.0.0.1:PORT/v1 (...)"
+        if not line.startswith("serving on "):
+            raise RuntimeError(f"demo.llm_server did not start: {line!r}")
+        yield line.split()[2]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def _timed(call: Callable[[], Any], count: int, into: list[float]) -> None:
     for _ in range(count):
         started = time.perf_counter()
@@ -86,13 +106,13 @@ def measure_wrapper(root: Path, calls: int) -> dict[str, Any]:
     socket = data_dir / "agents" / f"{AGENT}.sock"
     try:
         with (
-            LLMServer() as server,
+            _llm_server() as base_url,
             Client(f"unix:{socket}") as sidecar,
             BackgroundRecorder(sidecar) as background,
         ):
 
             def client(recorder: Any = None) -> Any:
-                llm = OpenAI(base_url=server.base_url, api_key="bench", max_retries=0)
+                llm = OpenAI(base_url=base_url, api_key="bench", max_retries=0)
                 return llm if recorder is None else wrap(llm, recorder=recorder)
 
             clients = {
@@ -196,7 +216,7 @@ def main(argv: list[str]) -> int:
     added50 = rows["wrapped, background recorder"][0] - plain50
     verdict = "MET" if added50 <= 0.25e-3 else "NOT MET"
     print(
-        f"target: p50 added <= 0.25 ms (background recorder, the default for wrappers): "
+        f"target: p50 added <= 0.25 ms (wrapped with a BackgroundRecorder): "
         f"{verdict} ({added50 * 1e3:.3f} ms)"
     )
     present = "yes" if wrapper["recorded"] == wrapper["expected"] else "NO"

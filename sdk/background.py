@@ -39,6 +39,10 @@ __all__ = ["AsyncBackgroundRecorder", "BackgroundRecorder", "RejectedCall"]
 #: Calls per ``record_many``: the daemon's default batch cap is 1,000.
 DEFAULT_BATCH: Final = 256
 DEFAULT_MAX_QUEUED: Final = 10_000
+#: How long the first queued call waits for others to share its RPC. A call queued in memory is
+#: not durable either way; one RPC per call costs the agent's process (and the sidecar) several
+#: times the CPU of a batch, which a busy agent pays in latency.
+DEFAULT_LINGER_S: Final = 0.05
 
 
 class RejectedCall(SidecarRejected):
@@ -57,6 +61,9 @@ def _check_sizes(batch: int, max_queued: int) -> None:
 class BackgroundRecorder:
     """A :class:`~tallystick.sdk.recorder.Recorder` that hands calls to a sending thread.
 
+    A batch goes out when ``batch`` calls are queued, ``linger_s`` after its first call, or at
+    once on :meth:`flush`.
+
     :raises ValueError: ``batch`` not in ``1..max_queued``.
     """
 
@@ -66,11 +73,14 @@ class BackgroundRecorder:
         *,
         batch: int = DEFAULT_BATCH,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> None:
         _check_sizes(batch, max_queued)
         self._client = client
         self._batch = batch
         self._max_queued = max_queued
+        self._linger_s = linger_s
+        self._flushing = 0  # threads waiting in flush(): send without lingering
         self._queue: deque[CallBody | Callable[[], CallBody | None]] = deque()
         self._sending = 0  # calls taken off the queue, not yet delivered
         self._changed = threading.Condition()
@@ -105,7 +115,7 @@ class BackgroundRecorder:
                 self._changed.wait()
             self._raise_failure()
             self._queue.append(item)
-            if len(self._queue) == 1:
+            if len(self._queue) in (1, self._batch):
                 self._changed.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
@@ -116,10 +126,15 @@ class BackgroundRecorder:
         :raises TallystickError: as :meth:`record`.
         """
         with self._changed:
-            idle = self._changed.wait_for(
-                lambda: (not self._queue and not self._sending) or self._failure is not None,
-                timeout,
-            )
+            self._flushing += 1
+            self._changed.notify_all()
+            try:
+                idle = self._changed.wait_for(
+                    lambda: (not self._queue and not self._sending) or self._failure is not None,
+                    timeout,
+                )
+            finally:
+                self._flushing -= 1
             self._raise_failure()
             if not idle:
                 raise TimeoutError(f"background recorder: {len(self._queue)} calls still queued")
@@ -157,6 +172,10 @@ class BackgroundRecorder:
                 self._changed.wait_for(lambda: self._queue or self._closing)
                 if not self._queue:
                     return
+                self._changed.wait_for(
+                    lambda: len(self._queue) >= self._batch or self._closing or self._flushing,
+                    self._linger_s,
+                )
                 items = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
                 self._sending = len(items)
                 self._changed.notify_all()  # room for waiting record() calls
@@ -215,10 +234,13 @@ class AsyncBackgroundRecorder:
         *,
         batch: int = DEFAULT_BATCH,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> None:
         _check_sizes(batch, max_queued)
         self._client = client
         self._batch = batch
+        self._linger_s = linger_s
+        self._flushing = asyncio.Event()
         self._queue: asyncio.Queue[CallBody] = asyncio.Queue(max_queued)
         self.rejected: list[RejectedCall] = []
         self._reported = 0
@@ -240,9 +262,13 @@ class AsyncBackgroundRecorder:
         :raises RejectedCall: as :meth:`BackgroundRecorder.flush`.
         :raises TallystickError: as :meth:`record`.
         """
+        self._flushing.set()
         done = asyncio.ensure_future(self._queue.join())
-        await asyncio.wait({done, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        done.cancel()
+        try:
+            await asyncio.wait({done, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            self._flushing.clear()
         if self._failure is not None:
             raise self._failure
         if self._reported < len(self.rejected):
@@ -270,8 +296,18 @@ class AsyncBackgroundRecorder:
     async def _run(self) -> None:
         while True:
             calls = [await self._queue.get()]
-            while len(calls) < self._batch and not self._queue.empty():
-                calls.append(self._queue.get_nowait())
+            deadline = asyncio.get_running_loop().time() + self._linger_s
+            while len(calls) < self._batch:
+                if not self._queue.empty():
+                    calls.append(self._queue.get_nowait())
+                    continue
+                left = deadline - asyncio.get_running_loop().time()
+                if self._flushing.is_set() or left <= 0:
+                    break
+                try:
+                    calls.append(await asyncio.wait_for(self._queue.get(), left))
+                except TimeoutError:
+                    break
             try:
                 self.rejected.extend(await _deliver_async(self._client, calls))
             except TallystickError as exc:

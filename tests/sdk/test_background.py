@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from tallystick.sdk.background import AsyncBackgroundRecorder, BackgroundRecorder, RejectedCall
@@ -85,3 +86,23 @@ def test_the_async_recorder_delivers_in_order(sidecar: Sidecar, policy: Policy) 
 def test_sizes_are_checked(sidecar: Sidecar, policy: Policy) -> None:
     with Client(sidecar.address("alice"), policy=policy) as client, pytest.raises(ValueError):
         BackgroundRecorder(client, batch=0)
+
+
+def test_a_full_batch_goes_out_without_waiting_and_flush_cuts_the_linger_short(
+    sidecar: Sidecar, policy: Policy
+) -> None:
+    with (
+        Client(sidecar.address("alice"), policy=policy) as client,
+        BackgroundRecorder(client, batch=4, linger_s=3600) as recorder,
+    ):
+        for number in range(4):
+            recorder.record(make_call(f"full{number}"))
+        deadline = time.monotonic() + 30
+        while len(sidecar.calls()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(sidecar.calls()) == 4  # a full batch did not wait an hour
+        recorder.record(make_call("partial"))
+        started = time.monotonic()
+        recorder.flush()
+        assert time.monotonic() - started < 30
+    assert [entry.body["model"] for entry in sidecar.calls()][-1] == "partial"
