@@ -63,6 +63,15 @@ def test_the_overbilled_call_traces_back_to_the_principal(demo: DemoResult) -> N
     assert [hop["agent_id"] for hop in chain["hops"]] == ["orchestrator", "researcher"]
     assert chain["hops"][ORCHESTRATOR_HOP - 1]["agent_type"] == "orchestrator"
     assert all(hop["status"] == "valid" for hop in chain["hops"])
+    # The call as OpenTelemetry GenAI names it; reasoning is part of output, never added to it.
+    attributes = chain["attributes"]
+    assert attributes["gen_ai.provider.name"] == "openai"
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert (
+        attributes["gen_ai.usage.output_tokens"]
+        > attributes["gen_ai.usage.reasoning.output_tokens"]
+    )
+    assert "gen_ai.usage.prompt_tokens" not in attributes  # deprecated names are never emitted
 
 
 def test_the_exported_log_verifies_and_the_report_is_written(demo: DemoResult) -> None:

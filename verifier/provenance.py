@@ -44,6 +44,7 @@ from .errors import MalformedInput, TallystickError
 from .keys import PublicKey
 from .logbundle import Bundle, Damage, DamageKind, LogDamaged, verify_bundle
 from .logentry import (
+    CallBody,
     DelegationBody,
     DelegationFormat,
     EntryKind,
@@ -51,6 +52,7 @@ from .logentry import (
     RevocationBody,
 )
 from .merkle import MerkleTree, hash_leaf, verify_inclusion
+from .usage import otel_attributes
 
 __all__ = [
     "AuditedLog",
@@ -456,6 +458,8 @@ class Provenance:
     session_id: str | None
     hops: tuple[Hop, ...]
     entries: tuple[ChainEntry, ...]
+    #: A call's OpenTelemetry GenAI attributes (``gen_ai.usage.input_tokens``, ...).
+    attributes: dict[str, int | str] = field(default_factory=dict)
 
     @property
     def verified(self) -> bool:
@@ -479,6 +483,7 @@ class Provenance:
             "session_id": self.session_id,
             "hops": [hop.to_dict() for hop in self.hops],
             "entries": [item.to_dict() for item in self.entries],
+            "attributes": dict(self.attributes),
         }
 
 
@@ -546,6 +551,19 @@ def provenance(log: AuditedLog, index: int, *, tokens: TokenIndex | None = None)
         session_id=None if latest is None else latest.session_id,
         hops=() if latest is None else latest.hops,
         entries=tuple(chain),
+        attributes=_call_attributes(entry),
+    )
+
+
+def _call_attributes(entry: LogEntry) -> dict[str, int | str]:
+    if entry.kind is not EntryKind.CALL:
+        return {}
+    call = CallBody.model_validate(entry.body)  # verified and canonical: it parses
+    return otel_attributes(
+        call.usage,
+        provider=call.provider,
+        operation=call.operation,
+        response_model=call.model,
     )
 
 
