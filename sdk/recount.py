@@ -17,10 +17,10 @@ over choices; chat formatting tokens are not output tokens and are not added.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Final
 
+from tallystick.verifier._internal.offline_encodings import offline_encoding
 from tallystick.verifier.logentry import Recount
 from tallystick.verifier.pricing import base_model
 
@@ -39,19 +39,6 @@ MODEL_ENCODINGS: Final[Mapping[str, str]] = {
     "o3": "o200k_base",
     "o4": "o200k_base",
 }
-
-
-@functools.cache
-def _encoding(name: str) -> Any:
-    """The tiktoken encoding ``name`` from an offline copy, or None (never a download)."""
-    try:
-        import tiktoken
-    except ImportError:
-        return None
-    offline = f"{name}_offline"
-    if offline not in tiktoken.registry.list_encoding_names():
-        return None
-    return tiktoken.get_encoding(offline)
 
 
 class Recounter:
@@ -76,7 +63,7 @@ class Recounter:
     def available(self, model: str) -> bool:
         """True when ``model``'s tokenizer loads offline (loads it, once, if so)."""
         encoding = self.encoding_name(model)
-        return encoding is not None and _encoding(encoding) is not None
+        return encoding is not None and offline_encoding(encoding) is not None
 
     def recount(self, provider: str, model: str, texts: Iterable[str]) -> Recount | None:
         """The visible output tokens of ``texts`` (one per choice), or None when there is no
@@ -84,7 +71,7 @@ class Recounter:
         if provider == "anthropic":  # never: see the module docstring
             return None
         name = self.encoding_name(model)
-        encoding = None if name is None else _encoding(name)
+        encoding = None if name is None else offline_encoding(name)
         if encoding is None or name is None:
             return None
         count = sum(len(encoding.encode_ordinary(text)) for text in texts)

@@ -14,6 +14,7 @@ PUBLIC_MODULES = [
     "billing",
     "canonical",
     "checkpoint",
+    "coin",
     "errors",
     "hdp",
     "invoice",

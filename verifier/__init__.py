@@ -36,6 +36,8 @@ Modules:
 - :mod:`~tallystick.verifier.billing`: reconciling an invoice with the signed records.
 - :mod:`~tallystick.verifier.provenance`: an entry's chain back to the human principal.
 - :mod:`~tallystick.verifier.report`: a self-contained HTML report of an exported log.
+- :mod:`~tallystick.verifier.coin`: CoIn reasoning-token audits: leaves, signed head, challenge,
+  evidence.
 
 ``tallystick.verifier._internal`` holds machinery with no compatibility promise.
 """
@@ -45,6 +47,7 @@ from . import (
     billing,
     canonical,
     checkpoint,
+    coin,
     errors,
     hdp,
     invoice,
@@ -64,6 +67,7 @@ __all__ = [
     "billing",
     "canonical",
     "checkpoint",
+    "coin",
     "errors",
     "hdp",
     "invoice",

@@ -6,8 +6,9 @@ argument that names a token or file takes ``-`` for standard input.
 
 Other installed packages add subcommands through the ``tallystick.cli`` entry-point
 group: each entry point names a callable ``register(groups)``, which
-:func:`build_parser` calls with ``{"": <top-level subparsers>, "log": <log subparsers>}``
-(``argparse._SubParsersAction`` objects) so it can ``add_parser`` under either. A
+:func:`build_parser` calls with ``{"": <top-level subparsers>, "log": <log subparsers>,
+"audit": <audit subparsers>}`` (``argparse._SubParsersAction`` objects) so it can
+``add_parser`` under any of them. A
 subcommand sets ``handler=<callable(args) -> exit code>`` with ``set_defaults``; a
 :class:`~tallystick.verifier.errors.TallystickError` it raises exits 2. An entry point
 whose import fails (for instance the daemon's, in a verifier-only install without grpc)
@@ -29,9 +30,10 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, aip, billing, hdp, invoice, logbundle, provenance, report
+from . import __version__, aip, billing, coin, hdp, invoice, logbundle, provenance, report
 from ._progress import Progress, progress_for
-from .errors import KeyInvalid, TallystickError
+from .checkpoint import NoteVerifier
+from .errors import KeyInvalid, TallystickError, UnsupportedVersion
 from .keys import PrivateKey, PublicKey, load_private_key, load_public_key, save_private_key
 
 EXIT_OK = 0
@@ -47,7 +49,7 @@ MAX_INPUT_BYTES = 4 << 20
 PLUGIN_GROUP = "tallystick.cli"
 
 SubcommandGroups = dict[str, "argparse._SubParsersAction[argparse.ArgumentParser]"]
-"""Subcommand groups by name: ``""`` is the top level, ``"log"`` the ``log`` command's."""
+"""Subcommand groups by name: ``""`` is the top level, ``"log"`` and ``"audit"`` those commands'."""
 
 #: What a ``tallystick.cli`` entry point names: it adds its subcommands to the groups.
 Register = Callable[[SubcommandGroups], None]
@@ -375,6 +377,64 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
     else:
         print(f"invalid: {report.damage}")
     return EXIT_OK if report.valid else EXIT_REJECTED
+
+
+# -- audit verify: CoIn reasoning-token audit evidence ---------------------------------------------
+
+
+def _note_verifier(spec: str | None, what: str) -> NoteVerifier | None:
+    if spec is None:
+        return None
+    try:
+        return NoteVerifier.from_vkey(spec.strip())
+    except KeyInvalid as exc:
+        raise UsageError(f"{what}: {exc}") from exc
+
+
+def _evidence_unreadable(exc: TallystickError) -> bool:
+    return isinstance(exc, UnsupportedVersion) or exc.code == "coin.evidence_unreadable"
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    log_key = _note_verifier(args.log_key, "--log-key")
+    provider_key = _note_verifier(args.provider_key, "--provider-key")
+    text = _read_input(args.evidence, what="evidence", is_literal=_is_json_literal)
+    try:
+        verdict: coin.Verdict | None = coin.verify_evidence(
+            text, log_key=log_key, provider_key=provider_key
+        )
+        error: TallystickError | None = None
+    except TallystickError as exc:
+        if _evidence_unreadable(exc):
+            raise
+        verdict, error = None, exc
+    consistent = verdict is not None and verdict.consistent
+    if error is not None:
+        code, detail = error.code, error.detail
+    elif verdict is not None and not verdict.consistent:
+        code, detail = "coin.flagged", f"flagged: {', '.join(verdict.flagged)}"
+    else:
+        code, detail = None, "consistent"
+    if args.json:
+        result = {
+            "valid": error is None,
+            "consistent": consistent,
+            "format": coin.EVIDENCE_FORMAT,
+            "code": code,
+            "step": None,
+            "detail": detail,
+            "verdict": None if verdict is None else verdict.to_dict(),
+        }
+        print(json.dumps(result, sort_keys=True))
+    elif verdict is not None and consistent:
+        print(
+            f"consistent: {verdict.reasoning_tokens} reasoning tokens committed, "
+            f"{verdict.k} leaves opened, detection probability "
+            f"{verdict.detection_probability:.4f} at p={verdict.p_assumed}"
+        )
+    else:
+        print(f"not consistent: {code}: {detail}")
+    return EXIT_OK if consistent else EXIT_REJECTED
 
 
 # -- audit commands: billing, provenance, report -------------------------------------------------
@@ -770,8 +830,9 @@ def _build_parser(plugins: Iterable[Register]) -> argparse.ArgumentParser:
     lverify.set_defaults(handler=cmd_log_verify)
 
     _add_audit_commands(commands, key_help)
+    audit_commands = _add_coin_commands(commands)
 
-    groups: SubcommandGroups = {"": commands, "log": log_commands}
+    groups: SubcommandGroups = {"": commands, "log": log_commands, "audit": audit_commands}
     for register in plugins:
         register(groups)
     return parser
@@ -850,6 +911,30 @@ def _add_audit_commands(
     rep.add_argument("--html", required=True, metavar="OUT", help="the HTML file to write")
     _add_invoice_arguments(rep, required=False)
     rep.set_defaults(handler=cmd_report)
+
+
+def _add_coin_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    audit = commands.add_parser("audit", help="hidden reasoning-token audits (CoIn)")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    averify = audit_commands.add_parser(
+        "verify",
+        help="re-check a logged audit's evidence offline: head signature, challenge, openings, "
+        "flags and verdict",
+        epilog="Exit codes: 0 consistent, 1 not consistent (flagged) or tampered, "
+        "2 unreadable evidence or key.",
+    )
+    averify.add_argument("evidence", metavar="EVIDENCE", help="the evidence JSON file, or -")
+    averify.add_argument(
+        "--provider-key", metavar="VKEY", help="pin the provider's note key (C2SP vkey text)"
+    )
+    averify.add_argument(
+        "--log-key", metavar="VKEY", help="require the log's countersignature on the head (vkey)"
+    )
+    averify.add_argument("--json", action="store_true", help="print one JSON object")
+    averify.set_defaults(handler=cmd_audit_verify)
+    return audit_commands
 
 
 def _fail(message: str) -> NoReturn:

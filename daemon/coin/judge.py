@@ -1,0 +1,361 @@
+"""The auditor's side of a CoIn audit, and the whole protocol in process for one trace.
+
+:class:`Auditor` runs the steps of coin.md §4 on a provider's signed head:
+
+1. verify the head: the provider's signature, billed reasoning usage equal to the committed
+   count, and the prompt and answer hashes against what was delivered;
+2. hold (log) the head, and only then draw the challenge nonce, so the provider cannot know
+   which leaves will be opened when it commits;
+3. derive ``k`` stratified indices (``k`` sized for a forged fraction ``f`` at detection
+   probability ``P`` with per-leaf detection ``p``, and never fewer than the number of blocks,
+   so every block fingerprint is seen); ask the provider to open exactly those;
+4. verify every opening (inclusion at tree size = billed count, salt, block index);
+5. run the semantic checks and the length prior (:mod:`.semantic`, :mod:`.prior`);
+6. build the :class:`~tallystick.verifier.coin.Evidence`, whose verdict says what it shows
+   and what it does not.
+
+A protocol failure in steps 1-4 fails the audit with the rejection's code and no evidence.
+:func:`judge_trace` plays an honest provider that commits to a trace's reasoning (or to the
+token ids a cheating provider would commit to) and audits it. The auditor side never logs
+or stores reasoning text: the evidence holds hashes, fingerprints and opened token ids only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Final
+
+import numpy as np
+from tallystick.verifier.checkpoint import NoteSigner, NoteVerifier
+from tallystick.verifier.coin import (
+    Challenge,
+    CommitmentHead,
+    Evidence,
+    Opening,
+    block_count,
+    challenge_indices,
+    challenge_seed,
+    sample_size,
+    verify_head,
+    verify_opening,
+)
+from tallystick.verifier.errors import MalformedInput, TallystickError
+
+from .embedding import EmbeddingEngine
+from .prior import LengthModel
+from .provider import commit_tokens
+from .semantic import Calibration, Measurements, measure
+from .tokenizer import Tokenizer
+
+__all__ = [
+    "LENGTH_PRIOR_FILE",
+    "NONCE_BYTES",
+    "AuditOutcome",
+    "Auditor",
+    "Trace",
+    "judge_trace",
+    "packaged_length_model",
+    "parse_trace",
+    "read_traces",
+    "seeded_nonces",
+]
+
+#: The fitted length prior shipped in the package (written by ``scripts/fit_coin.py``).
+LENGTH_PRIOR_FILE: Final = "length_prior.json"
+#: Bytes of auditor nonce drawn per audit.
+NONCE_BYTES: Final = 32
+#: The model id the in-process provider of :func:`judge_trace` reports.
+_JUDGE_MODEL: Final = "judge/honest-provider"
+
+#: Something that opens challenged leaf indices: the provider's side of step 3.
+Opener = Callable[[list[int]], list[Opening]]
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One line of a traces file: ``{"id", "prompt", "reasoning", "answer"}`` and optionally
+    ``"domain"`` (else the length prior routes by the prompt)."""
+
+    id: str
+    prompt: str
+    reasoning: str
+    answer: str
+    domain: str | None = None
+
+
+def parse_trace(line: str, *, line_number: int) -> Trace:
+    """One JSON line as a :class:`Trace`.
+
+    :raises MalformedInput: not a JSON object, or a required member missing, not a string or
+        empty (``coin.trace_malformed``; the message names the line).
+    """
+    where = f"traces line {line_number}"
+    try:
+        item = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise MalformedInput(f"{where}: not JSON ({exc})", code="coin.trace_malformed") from exc
+    if not isinstance(item, dict):
+        raise MalformedInput(f"{where}: not a JSON object", code="coin.trace_malformed")
+    fields: dict[str, str] = {}
+    for name in ("id", "prompt", "reasoning", "answer"):
+        value = item.get(name)
+        if not isinstance(value, str) or not value:
+            raise MalformedInput(
+                f"{where}: {name!r} must be a non-empty string", code="coin.trace_malformed"
+            )
+        fields[name] = value
+    domain = item.get("domain")
+    if domain is not None and not isinstance(domain, str):
+        raise MalformedInput(f"{where}: 'domain' must be a string", code="coin.trace_malformed")
+    return Trace(domain=domain, **fields)
+
+
+def packaged_length_model() -> LengthModel:
+    """The length prior fitted on the dev traces, shipped with the package.
+
+    :raises MalformedInput: the packaged file is missing or malformed (``coin.fit_malformed``).
+    """
+    try:
+        raw = resources.files(__package__).joinpath("data", LENGTH_PRIOR_FILE).read_text()
+        return LengthModel.from_json(json.loads(raw))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MalformedInput(
+            f"length prior: cannot read {LENGTH_PRIOR_FILE}: {exc}", code="coin.fit_malformed"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """One audit's result: the evidence (None when the protocol itself failed) and a summary.
+
+    ``score`` is the calibrated semantic score (larger is more suspicious; None when the
+    protocol failed); ``passed`` is the evidence's ``verdict.consistent``, which also fails on
+    hard checks (a forged fingerprint) whatever the score.
+    """
+
+    passed: bool
+    score: float | None
+    opened_leaves: int
+    reported_tokens: int | None
+    evidence: Evidence | None
+    measurements: Measurements | None
+    domain: str | None = None
+    error_code: str | None = None
+
+
+class Auditor:
+    """The auditor: challenges a signed head, verifies openings, judges them.
+
+    :param engine: recomputes token embeddings and embeds the prompt and answer.
+    :param tokenizer: the tokenizer the head names (its id must match the head's).
+    :param calibration: thresholds and challenge sizing (default: the packaged fit).
+    :param length_model: the length prior (default: the packaged fit).
+    """
+
+    def __init__(
+        self,
+        engine: EmbeddingEngine,
+        tokenizer: Tokenizer,
+        *,
+        calibration: Calibration | None = None,
+        length_model: LengthModel | None = None,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.calibration = calibration if calibration is not None else Calibration.packaged()
+        self.length_model = length_model if length_model is not None else packaged_length_model()
+        self.challenge_template = Challenge(
+            k=sample_size(
+                self.calibration.fraction,
+                self.calibration.per_leaf_detection,
+                self.calibration.detection_target,
+            ),
+            fraction=self.calibration.fraction,
+            target=self.calibration.detection_target,
+            per_leaf_detection=self.calibration.per_leaf_detection,
+        )
+
+    def challenge_for(self, head: CommitmentHead) -> Challenge:
+        """The challenge for ``head``: the sized ``k``, raised to one opening per block."""
+        k = max(self.challenge_template.k, block_count(head.reasoning_tokens, head.block_size))
+        template = self.challenge_template
+        return Challenge(k, template.fraction, template.target, template.per_leaf_detection)
+
+    def audit(
+        self,
+        *,
+        head_note: str,
+        provider_vkey: str,
+        opener: Opener,
+        prompt: str,
+        answer: str,
+        domain: str | None = None,
+        draw_nonce: Callable[[], bytes] | None = None,
+    ) -> AuditOutcome:
+        """Audit one commitment (steps 1-6 of the module docstring).
+
+        :param draw_nonce: called once, after the head verified and is held (default
+            ``os.urandom``); tests and the benchmark pass :func:`seeded_nonces`.
+        """
+        try:
+            head = verify_head(  # (1)
+                head_note, NoteVerifier.from_vkey(provider_vkey), answer=answer, prompt=prompt
+            )
+            if head.tokenizer != self.tokenizer.id or head.embedder != self.engine.model_id:
+                raise MalformedInput(
+                    "head: tokenizer or embedder is not the auditor's", code="coin.head_unsupported"
+                )
+            if head.embedder_sha256 != self.engine.weights_sha256:
+                raise MalformedInput(
+                    "head: embedder weights differ from the auditor's",
+                    code="coin.head_unsupported",
+                )
+            # (2) only now, with the head held, is the nonce drawn
+            nonce = os.urandom(NONCE_BYTES) if draw_nonce is None else draw_nonce()
+            challenge = self.challenge_for(head)  # (3)
+            indices = challenge_indices(
+                challenge_seed(head_note, nonce),
+                head.reasoning_tokens,
+                head.block_size,
+                challenge.k,
+            )
+            openings = opener(list(indices))
+            if [opening.index for opening in openings] != indices:
+                raise MalformedInput(
+                    "openings: not exactly the challenged indices", code="coin.challenge_mismatch"
+                )
+            for opening in openings:  # (4)
+                verify_opening(head, opening)
+        except TallystickError as exc:
+            return AuditOutcome(False, None, 0, None, None, None, error_code=exc.code)
+        domain, measurements = self._measure(  # (5)
+            head, openings, prompt=prompt, answer=answer, domain=domain
+        )
+        thresholds = self.calibration.for_domain(domain)
+        evidence = Evidence.build(  # (6)
+            head_note=head_note,
+            provider_vkey=provider_vkey,
+            auditor_nonce=nonce,
+            challenge=challenge,
+            openings=openings,
+            checks=thresholds.block_checks(measurements),
+            length_prior=thresholds.length_prior(measurements),
+            fpr_at_threshold=thresholds.fpr_estimate,
+        )
+        return AuditOutcome(
+            passed=evidence.verdict.consistent,
+            score=thresholds.score(measurements),
+            opened_leaves=len(openings),
+            reported_tokens=head.reasoning_tokens,
+            evidence=evidence,
+            measurements=measurements,
+            domain=domain,
+        )
+
+    def _measure(
+        self,
+        head: CommitmentHead,
+        openings: Sequence[Opening],
+        *,
+        prompt: str,
+        answer: str,
+        domain: str | None,
+    ) -> tuple[str, Measurements]:
+        """The domain the audit is judged in (the trace's own when calibrated, else the
+        router's) and the checks' measurements."""
+        prompt_vec, answer_vec = self.engine.embed_texts([prompt, answer])
+        prompt_ids = self.tokenizer.encode(prompt)
+        answer_ids = self.tokenizer.encode(answer)
+        known = set(self.length_model.regressions) & set(self.calibration.domains)
+        routed = domain if domain in known else self.length_model.route(prompt_vec)
+        length_z = self.length_model.z(
+            domain=routed,
+            prompt_tokens=len(prompt_ids),
+            answer_tokens=len(answer_ids),
+            answer=answer,
+            reasoning_tokens=head.reasoning_tokens,
+        )
+        return routed, measure(
+            self.engine,
+            self.tokenizer,
+            openings=openings,
+            prompt_embedding=prompt_vec,
+            answer_embedding=answer_vec,
+            visible_ids=frozenset(prompt_ids) | frozenset(answer_ids),
+            length_z=length_z,
+        )
+
+
+def judge_trace(
+    auditor: Auditor,
+    trace: Trace,
+    *,
+    signer: NoteSigner,
+    reasoning_ids: Sequence[int] | None = None,
+    draw_nonce: Callable[[], bytes] | None = None,
+    trace_secret: bytes | None = None,
+    time_s: int | None = None,
+) -> AuditOutcome:
+    """Commit to ``trace`` as a provider would, then audit the commitment.
+
+    :param reasoning_ids: the token ids the provider commits to and bills; None is the honest
+        provider (the trace's reasoning, tokenized). A cheating provider passes inflated ids
+        (:func:`~tallystick.daemon.coin.attacks.inflate`) and bills their full count.
+    :param draw_nonce: the auditor's nonce source (default ``os.urandom``).
+    :param trace_secret: the provider's salt secret (default random).
+    :param time_s: the head's time (default now); the challenge depends on it through the head.
+    :raises MalformedInput: reasoning the provider cannot commit to (for instance an unknown
+        token id, ``coin.token_unknown``).
+    """
+    ids = auditor.tokenizer.encode(trace.reasoning) if reasoning_ids is None else reasoning_ids
+    commitment = commit_tokens(
+        auditor.engine,
+        auditor.tokenizer,
+        reasoning_ids=ids,
+        prompt=trace.prompt,
+        answer=trace.answer,
+        request_id=_request_id(trace.id),
+        model=_JUDGE_MODEL,
+        reported_usage=None,  # bills exactly the committed count
+        signer=signer,
+        block_size=auditor.calibration.block_size,
+        trace_secret=trace_secret,
+        time_s=time_s,
+    )
+    return auditor.audit(
+        head_note=commitment.head_note,
+        provider_vkey=signer.vkey,
+        opener=commitment.open,
+        prompt=trace.prompt,
+        answer=trace.answer,
+        domain=trace.domain,
+        draw_nonce=draw_nonce,
+    )
+
+
+def _request_id(trace_id: str) -> str:
+    """A head-safe request id (1-256 visible ASCII characters, no spaces) for a trace id."""
+    safe = "".join(c if "\x21" <= c <= "\x7e" else "_" for c in trace_id)[:256]
+    return safe or "trace"
+
+
+def seeded_nonces(seed: int) -> Callable[[], bytes]:
+    """A reproducible nonce source for benchmarks and tests (never for real audits)."""
+    rng = np.random.default_rng(seed)
+    return lambda: rng.bytes(NONCE_BYTES)
+
+
+def read_traces(lines: Iterable[str]) -> list[Trace]:
+    """Every non-blank line as a :class:`Trace`, validated before any work starts.
+
+    :raises MalformedInput: the first bad line (``coin.trace_malformed``).
+    """
+    return [
+        parse_trace(line, line_number=number)
+        for number, line in enumerate(lines, start=1)
+        if line.strip()
+    ]
