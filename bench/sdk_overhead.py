@@ -36,6 +36,7 @@ from typing import Any
 
 from _common import fill_log, percentile
 from openai import OpenAI
+from record import DaemonProcess
 from tallystick.daemon.log import Log, export_data_dir
 from tallystick.sdk.background import BackgroundRecorder
 from tallystick.sdk.client import Client
@@ -47,29 +48,6 @@ AGENT = "bench"
 BLOCK = 250  # calls per block; the clients' blocks alternate
 WARM_UP = 50
 PROMPT = [{"role": "user", "content": "What is 17% of 2,340?"}]
-
-
-def _start_daemon(data_dir: Path) -> subprocess.Popen[str]:
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tallystick.daemon",
-            "--data-dir",
-            str(data_dir),
-            "--agent",
-            AGENT,
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert daemon.stdout is not None
-    for line in daemon.stdout:
-        if line.strip() == "ready":
-            return daemon
-    raise RuntimeError(f"tallystickd exited with {daemon.wait()}")
 
 
 @contextlib.contextmanager
@@ -102,12 +80,13 @@ def _timed(call: Callable[[], Any], count: int, into: list[float]) -> None:
 
 def measure_wrapper(root: Path, calls: int) -> dict[str, Any]:
     data_dir = root / "var"
-    daemon = _start_daemon(data_dir)
-    socket = data_dir / "agents" / f"{AGENT}.sock"
+    flags = ("--agent", AGENT, "--log-level", "warning")
+    daemon = DaemonProcess(data_dir, root / "tallystickd.log", *flags)
+    daemon.start()
     try:
         with (
             _llm_server() as base_url,
-            Client(f"unix:{socket}") as sidecar,
+            Client(daemon.addresses[AGENT]) as sidecar,
             BackgroundRecorder(sidecar) as background,
         ):
 
@@ -128,8 +107,7 @@ def measure_wrapper(root: Path, calls: int) -> dict[str, Any]:
                     _timed(lambda llm=llm: _chat(llm), BLOCK, times[name])
             background.flush()
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
+        daemon.stop()
     with Log.open(data_dir) as log:
         recorded = log.size
     wrapped = sum(len(values) + WARM_UP for name, values in times.items() if name != "plain")

@@ -68,7 +68,6 @@ from tallystick.verifier.logentry import Usage
 from tallystick.verifier.pricing import PriceTable
 
 __all__ = [
-    "CSV_COLUMNS",
     "DEFAULT_TRACES",
     "SNAPSHOTS",
     "InvoiceRow",
@@ -269,7 +268,7 @@ class LLMServer:
             return row
 
     def write_csv(self, path: Path) -> None:
-        """The per-request CSV invoice (columns :data:`CSV_COLUMNS`)."""
+        """The per-request CSV invoice (columns :data:`tallystick.verifier.invoice.CSV_COLUMNS`)."""
         with path.open("w", newline="", encoding="utf-8") as out:
             writer = csv.writer(out)
             writer.writerow(CSV_COLUMNS)

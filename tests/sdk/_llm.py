@@ -7,10 +7,9 @@ from collections.abc import Iterator
 import pytest
 from tallystick.verifier.logentry import CallBody
 
-from demo.llm_server import CSV_COLUMNS, LLMServer, Trace, load_traces
+from demo.llm_server import LLMServer, Trace, load_traces
 
 __all__ = [
-    "CSV_COLUMNS",
     "TRACES",
     "AsyncListRecorder",
     "LLMServer",

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tallystick.verifier.invoice import CSV_COLUMNS
 
-from ._llm import CSV_COLUMNS, TRACES, LLMServer, llm_server_fixture, load_traces  # noqa: F401 (the fixture)
+from ._llm import TRACES, LLMServer, llm_server_fixture, load_traces  # noqa: F401 (the fixture)
 
 
 def test_traces_precomputed_with_reasoning_counted() -> None:
