@@ -81,7 +81,7 @@ class Runner:
         self.signer = NoteSigner("bench.provider/coin", PrivateKey.from_seed(self.rng.bytes(32)))
         self.commit_seconds = 0.0
         self.committed_tokens = 0
-        self.opened: list[tuple[int, int]] = []  # (opened leaves, tree size)
+        self.opened: list[tuple[int, int, int]] = []  # (opened leaves, anchors, tree size)
 
     def run(self, trace: dict[str, Any], token_ids: Sequence[int]) -> list[AuditOutcome]:
         start = time.perf_counter()
@@ -106,13 +106,17 @@ class Runner:
             outcome = self.auditor.audit(
                 head_note=commitment.head_note,
                 provider_vkey=self.signer.vkey,
-                opener=commitment.open,
+                opener=commitment.answer_challenge,
+                sketch=commitment.sketch,
                 prompt=trace["prompt"],
                 answer=trace["answer"],
                 domain=trace["domain"],
                 draw_nonce=nonces,
             )
-            self.opened.append((outcome.opened_leaves, len(token_ids)))
+            anchors = 0 if outcome.evidence is None else outcome.evidence.challenge.k
+            self.opened.append(
+                (outcome.opened_leaves, min(anchors, len(token_ids)), len(token_ids))
+            )
             outcomes.append(outcome)
         return outcomes
 
@@ -182,13 +186,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         o for trace in traces for o in runner.run(trace, tokenizer.encode(trace["reasoning"]))
     ]
     detected: dict[tuple[str, float], list[bool]] = {}
+    # tokenization_ambiguity cannot split past single bytes: its real ratio can fall short
+    achieved: dict[tuple[str, float], list[float]] = {}
     for trace in traces:
+        # small_model's corpus: up to 50 other reasoning texts of the domain, seeded choice.
+        domain_texts = [
+            other["reasoning"]
+            for other in all_traces
+            if other["domain"] == trace["domain"] and other["id"] != trace["id"]
+        ]
+        picked = rng.choice(len(domain_texts), size=min(50, len(domain_texts)), replace=False)
         source = AttackSource(
             prompt=trace["prompt"],
             reasoning=trace["reasoning"],
             answer=trace["answer"],
             same_domain_reasoning=_donor(all_traces, trace, same=True, rng=rng),
             other_domain_reasoning=_donor(all_traces, trace, same=False, rng=rng),
+            domain_corpus=tuple(str(domain_texts[int(i)]) for i in sorted(picked)),
         )
         for attack in ATTACKS:
             for ratio in ratios:
@@ -202,10 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 outcomes = runner.run(trace, inflated.token_ids)
                 detected.setdefault((attack, ratio), []).extend(not o.passed for o in outcomes)
+                achieved.setdefault((attack, ratio), []).append(
+                    inflated.injected_tokens / inflated.original_tokens
+                )
         print(f"  {trace['id']}: done ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    k_mean = float(np.mean([opened for opened, _ in runner.opened]))
-    exposure = float(np.mean([opened / size for opened, size in runner.opened]))
+    k_mean = float(np.mean([opened for opened, _, _ in runner.opened]))
+    anchors_mean = float(np.mean([anchors for _, anchors, _ in runner.opened]))
+    exposure = float(np.mean([opened / size for opened, _, size in runner.opened]))
     print()
     print(
         f"CoIn audit benchmark: {len(traces)} dev traces ({per_domain} per domain, reasoning "
@@ -213,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"challenge: f={calibration.fraction} P={calibration.detection_target} "
-        f"p_assumed={calibration.per_leaf_detection}; block size {calibration.block_size}"
+        f"p_assumed={calibration.per_leaf_detection}; block size {calibration.block_size}, "
+        f"run length {calibration.run_length}"
     )
     kfold = calibration.report.get("kfold", {})
     print("\nHonest false-positive rate (target <= 1%):")
@@ -247,10 +266,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[f"{attack}@{ratio}"] = {
                 "detected": sum(flags),
                 "audits": len(flags),
-                "implied_p": round(implied_p(rate, k_mean, fraction), 3),
+                "implied_p": round(implied_p(rate, anchors_mean, fraction), 3),
+                "achieved_ratio": round(float(np.mean(achieved[(attack, ratio)])), 3),
             }
         print(f"| {attack:<19} | " + " | ".join(f"{cell:<22}" for cell in cells) + " |")
-    print("\nPer-leaf detection p implied by each rate (1-(1-f p)^k, f = IR/(1+IR)):")
+    short = [
+        f"{key} reached IR {row['achieved_ratio']}"
+        for key, row in results.items()
+        if row["achieved_ratio"] < 0.99 * float(key.rpartition("@")[2])
+    ]
+    if short:
+        print("Ratios not reached (mean over traces): " + "; ".join(short))
+    print("\nPer-anchor detection p implied by each rate (1-(1-f p)^a, f = IR/(1+IR)):")
     for attack in ATTACKS:
         ps = [results[f"{attack}@{ratio}"]["implied_p"] for ratio in ratios]
         print(f"  {attack:<19} " + "  ".join(f"{p:5.2f}" for p in ps))
@@ -260,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commit_rate = runner.committed_tokens / runner.commit_seconds
     cpu = platform.processor() or platform.machine()
     print(
-        f"\nOpened leaves per audit: {k_mean:.1f} on average; tokens exposed: {100 * exposure:.1f}%"
+        f"\nOpened leaves per audit: {k_mean:.1f} on average ({anchors_mean:.1f} anchors, runs of "
+        f"{calibration.run_length}); tokens exposed: {100 * exposure:.1f}%"
         f"\nEmbedding throughput ({engine.device}, {engine.precision}, {cpu}):"
         f" {throughput:,.0f} tokens/s (block embeddings);"
         f" commitment build {commit_rate:,.0f} tokens/s end to end"
@@ -276,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "detection": results,
                     "honest_in_sample": [false_positives, len(honest)],
                     "k_mean": k_mean,
+                    "anchors_mean": anchors_mean,
                     "exposure": exposure,
                     "throughput_tokens_per_s": throughput,
                     "commit_tokens_per_s": commit_rate,

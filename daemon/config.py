@@ -201,6 +201,18 @@ class Config(BaseModel):
         default=1000, ge=1, le=100_000, description="most entries one GetEntries returns"
     )
     workers: int = Field(default=16, ge=1, le=1024, description="request handler threads")
+    coin_pending_max: int = Field(
+        default=1024,
+        ge=1,
+        le=1_000_000,
+        description="CoIn audits waiting for their openings, at most (the oldest is dropped)",
+    )
+    coin_pending_ttl_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=86_400,
+        description="seconds a CoIn audit waits for its openings (FinishAudit) before it expires",
+    )
     grace_seconds: float = Field(
         default=10.0, ge=0, le=3600, description="on SIGTERM, how long in-flight calls may finish"
     )

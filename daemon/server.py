@@ -31,13 +31,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from pydantic import ValidationError
-from tallystick.proto import delegation_pb2, ledger_pb2, log_pb2, query_pb2
+from tallystick.proto import audit_pb2, delegation_pb2, ledger_pb2, log_pb2, query_pb2
 from tallystick.verifier import errors
 from tallystick.verifier.checkpoint import SignedCheckpoint
 from tallystick.verifier.logentry import CallBody
 from tallystick.verifier.merkle import hash_leaf
 
 from .agent_keys import AgentKeys
+from .coin_audit import CACHE_DIR_NAME, CoinAudits, CoinAuditService, PendingAudits
 from .config import Config
 from .delegation import Access, DelegationService, TokenBook
 from .errors import LogInconsistent, LogUnavailable
@@ -80,7 +81,14 @@ _LEDGER: Final = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"]
 _LOG: Final = log_pb2.DESCRIPTOR.services_by_name["Log"]
 _DELEGATION: Final = delegation_pb2.DESCRIPTOR.services_by_name["Delegation"]
 _QUERY: Final = query_pb2.DESCRIPTOR.services_by_name["Query"]
-_SERVICES: Final = (_LEDGER.full_name, _LOG.full_name, _DELEGATION.full_name, _QUERY.full_name)
+_COIN_AUDIT: Final = audit_pb2.DESCRIPTOR.services_by_name["CoinAudit"]
+_SERVICES: Final = (
+    _LEDGER.full_name,
+    _LOG.full_name,
+    _DELEGATION.full_name,
+    _QUERY.full_name,
+    _COIN_AUDIT.full_name,
+)
 _HEALTH: Final = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 _logger = structlog.get_logger("tallystickd")
@@ -107,6 +115,8 @@ STATUS_BY_CODE: Final[Mapping[str, grpc.StatusCode]] = {
     "delegation.unknown_token": _Status.NOT_FOUND,
     "delegation.unknown_agent": _Status.NOT_FOUND,
     "query.index_out_of_range": _Status.OUT_OF_RANGE,
+    "coin.audit_unknown": _Status.NOT_FOUND,
+    "coin.unavailable": _Status.FAILED_PRECONDITION,
 }
 
 #: Status by exception type; the most specific class in an error's MRO wins.
@@ -777,6 +787,13 @@ class Daemon:
         self._keys = AgentKeys.open(config.data_dir, config.agents)
         self._book = TokenBook(self.log, self._keys)
         self._access = Access.from_config(config)
+        self._coin = CoinAudits(
+            self.log,
+            cache_dir=config.data_dir / CACHE_DIR_NAME,
+            pending=PendingAudits(
+                capacity=config.coin_pending_max, ttl_s=config.coin_pending_ttl_s
+            ),
+        )
         for listener in listeners(config):
             server = grpc.server(self._pool, options=options)
             self._add_services(server, self._rpc_handlers(listener.caller, limits, log_service))
@@ -819,9 +836,11 @@ class Daemon:
         ledger = LedgerService(self.log, caller, limits)
         delegation = DelegationService(self._book, self._keys, self.log, self._access, caller)
         query = QueryService(self._book, self.log, self._access, caller)
+        coin_audit = CoinAuditService(self._coin, caller)
         services = [
             (_DELEGATION.full_name, delegation.methods()),
             (_QUERY.full_name, query.methods()),
+            (_COIN_AUDIT.full_name, coin_audit.methods()),
         ]
         # Raw entries hold every principal's records: the shared socket (the operator's, by its
         # file mode) may read them, an agent only when configured with read_all.

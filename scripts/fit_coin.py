@@ -51,6 +51,9 @@ DATA_DIR = REPO / "daemon" / "coin" / "data"
 #: 0.99 when each opened forged leaf is flagged with probability 0.5: k = 44.
 FRACTION, PER_LEAF_DETECTION, DETECTION_TARGET = 0.2, 0.5, 0.99
 BLOCK_SIZE = 256
+#: Consecutive leaves per challenge anchor: one whole sketch n-gram per run, and an interior
+#: for the canonical-tokenization check.
+RUN_LENGTH = 8
 FPR_TARGET = 0.01
 FOLDS = 5
 
@@ -62,6 +65,7 @@ def provisional_calibration(domains: Sequence[str]) -> Calibration:
         domains=dict.fromkeys(domains, neutral),
         fpr_target=FPR_TARGET,
         block_size=BLOCK_SIZE,
+        run_length=RUN_LENGTH,
         fraction=FRACTION,
         per_leaf_detection=PER_LEAF_DETECTION,
         detection_target=DETECTION_TARGET,
@@ -117,7 +121,8 @@ def measure_traces(
             outcome = auditor.audit(
                 head_note=commitment.head_note,
                 provider_vkey=signer.vkey,
-                opener=commitment.open,
+                opener=commitment.answer_challenge,
+                sketch=commitment.sketch,
                 prompt=trace["prompt"],
                 answer=trace["answer"],
                 domain=trace["domain"],
@@ -279,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         fpr_target=args.fpr,
         block_size=BLOCK_SIZE,
+        run_length=RUN_LENGTH,
         fraction=FRACTION,
         per_leaf_detection=PER_LEAF_DETECTION,
         detection_target=DETECTION_TARGET,

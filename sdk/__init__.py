@@ -14,10 +14,12 @@ Modules: :mod:`~tallystick.sdk.client` (``Client``, ``AsyncClient``, ``Policy``)
 :mod:`~tallystick.sdk.context` (the current delegation), :mod:`~tallystick.sdk.http` (passing
 it between agents over HTTP), :mod:`~tallystick.sdk.tools` (``@tool``),
 :mod:`~tallystick.sdk.wrap` with :mod:`~tallystick.sdk.adapters` (LLM clients),
-:mod:`~tallystick.sdk.recount` and :mod:`~tallystick.sdk.otel`.
+:mod:`~tallystick.sdk.recount`, :mod:`~tallystick.sdk.otel` and :mod:`~tallystick.sdk.coin`
+(CoIn audits of a provider's hidden reasoning tokens, through the sidecar).
 """
 
 from .client import AsyncClient, Client, Policy
+from .coin import CoinChallenge, CoinVerdict, audit_commitment
 from .context import Delegation, authorize, current, delegate, run_in_context, use
 from .errors import SidecarRejected, SidecarUnavailable, ToolNotAuthorized
 from .http import DelegationAuth, from_headers, headers
@@ -27,12 +29,15 @@ from .wrap import wrap
 __all__ = [
     "AsyncClient",
     "Client",
+    "CoinChallenge",
+    "CoinVerdict",
     "Delegation",
     "DelegationAuth",
     "Policy",
     "SidecarRejected",
     "SidecarUnavailable",
     "ToolNotAuthorized",
+    "audit_commitment",
     "authorize",
     "configure",
     "current",

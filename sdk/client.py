@@ -26,8 +26,9 @@ never blocks the queue: it moves aside (:meth:`Client.rejected`) and :meth:`Clie
 raises :class:`~.errors.SidecarRejected` for it. ``CallBody.principal`` is not sent: the
 wire record has no such field; the daemon knows the principal from ``delegation_id``.
 
-Delegation calls (``issue_hdp_root`` ... ``revoke_token``) fail closed: an unreachable
-sidecar raises :class:`~.errors.SidecarUnavailable` whatever the policy
+Delegation calls (``issue_hdp_root`` ... ``revoke_token``) and CoIn audits
+(``begin_coin_audit``, ``finish_coin_audit``; see :mod:`~tallystick.sdk.coin`) fail closed: an
+unreachable sidecar raises :class:`~.errors.SidecarUnavailable` whatever the policy
 (``on_unavailable_delegation`` is read by :func:`tallystick.sdk.tools.tool`). Every error the
 daemon sends becomes :class:`~.errors.SidecarRejected` with its ``tallystick-reason`` code.
 """
@@ -48,11 +49,26 @@ import grpc
 import grpc.aio
 from tallystick.daemon.remote_cli import TcpAddress, agent_address, parse_address
 from tallystick.daemon.tls import TlsMaterial
-from tallystick.proto import delegation_pb2, delegation_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from tallystick.proto import (
+    audit_pb2_grpc,
+    delegation_pb2,
+    delegation_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+)
 from tallystick.verifier._cli import UsageError
+from tallystick.verifier.coin import Opening
 from tallystick.verifier.errors import TallystickError
 from tallystick.verifier.logentry import CallBody, DelegationFormat
 
+from .coin import (
+    CoinChallenge,
+    CoinVerdict,
+    _begin_request,
+    _challenge_from,
+    _finish_request,
+    _verdict_from,
+)
 from .errors import (
     REASON_KEY,
     ClientClosed,
@@ -63,6 +79,7 @@ from .errors import (
 from .spool import RejectedRecord, Spool, SpooledRecord, default_spool_dir
 
 __all__ = [
+    "COIN_AUDIT_TIMEOUT_S",
     "AipGrant",
     "AsyncClient",
     "Client",
@@ -97,6 +114,9 @@ _FORMAT_BY_ENUM: Final = {
     delegation_pb2.TOKEN_FORMAT_AIP_CHAINED: DelegationFormat.AIP_CHAINED,
 }
 _ENUM_BY_FORMAT: Final = {value: key for key, value in _FORMAT_BY_ENUM.items()}
+#: CoIn calls wait at least this long: the sidecar loads its embedding model on the first
+#: BeginAudit (seconds, more on a cold disk), and FinishAudit runs the model.
+COIN_AUDIT_TIMEOUT_S: Final = 120.0
 
 
 # -- policy and results -----------------------------------------------------------------------
@@ -480,6 +500,7 @@ class Client:
             self._channel = grpc.secure_channel(self.target, credentials, _CHANNEL_OPTIONS)
         self._ledger = ledger_pb2_grpc.LedgerStub(self._channel)
         self._delegation = delegation_pb2_grpc.DelegationStub(self._channel)
+        self._audit = audit_pb2_grpc.CoinAuditStub(self._channel)
         self._backlog = _open_backlog(self.policy, self.target)
         self._pending = len(self._backlog)
         self._lock = threading.RLock()
@@ -669,10 +690,10 @@ class Client:
 
     # -- delegation -------------------------------------------------------------------------
 
-    def _call(self, method: Callable[..., _T], request: object) -> _T:
+    def _call(self, method: Callable[..., _T], request: object, *, timeout: float = 0) -> _T:
         self._check_open()
         try:
-            reply = method(request, timeout=self.policy.timeout_s)
+            reply = method(request, timeout=max(timeout, self.policy.timeout_s))
         except grpc.RpcError as exc:
             raise _rpc_error(exc, self.target) from None
         if self._pending:
@@ -812,6 +833,63 @@ class Client:
         reply = self._call(self._delegation.RevokeToken, request)
         return Revocation(reply.index, reply.already_revoked)
 
+    # -- CoIn audits ------------------------------------------------------------------------
+
+    def begin_coin_audit(
+        self,
+        *,
+        head_note: str,
+        provider_vkey: str,
+        prompt: str,
+        answer: str,
+        domain: str | None = None,
+        sketch: bytes = b"",
+        call_request_id: str | None = None,
+    ) -> CoinChallenge:
+        """Have the sidecar verify and log a provider's signed commitment head, then draw and
+        log the challenge: the indices the provider must open.
+
+        ``prompt`` and ``answer`` (as sent and delivered) are checked against the head's hashes
+        and held in the sidecar's memory for the semantic checks, never written. ``domain``
+        (``"math"``, ``"safety"``) picks the calibration; None routes by the prompt.
+        ``sketch`` is the n-gram sketch the head binds; ``call_request_id`` the ``request_id``
+        of the recorded call the commitment is for. Waits at least
+        :data:`COIN_AUDIT_TIMEOUT_S`.
+
+        :raises SidecarRejected: the head does not verify (its ``coin.*`` code, or
+            ``note.bad_vkey``; nothing was logged), ``coin.unavailable`` (the sidecar has no
+            embedding engine), ``auth.no_agent_identity`` (the shared socket).
+        :raises SidecarUnavailable: the sidecar is unreachable (fail closed).
+        """
+        request = _begin_request(
+            head_note=head_note,
+            provider_vkey=provider_vkey,
+            prompt=prompt,
+            answer=answer,
+            domain=domain,
+            sketch=sketch,
+            call_request_id=call_request_id,
+        )
+        reply = self._call(self._audit.BeginAudit, request, timeout=COIN_AUDIT_TIMEOUT_S)
+        return _challenge_from(reply)
+
+    def finish_coin_audit(
+        self, audit_id: str, openings: Sequence[Opening], *, sketch_key: bytes = b""
+    ) -> CoinVerdict:
+        """Send the provider's openings of the challenged indices (in their order) and its
+        sketch key; the sidecar judges them and logs the evidence and the verdict.
+
+        A failed opening is a verdict too (``consistent`` false, ``error_code`` set).
+
+        :raises TypeError: an item of ``openings`` is not an ``Opening``.
+        :raises SidecarRejected: ``coin.audit_unknown`` (unknown, finished, expired, or begun
+            by another agent), ``coin.opening_malformed`` (the audit stays pending).
+        :raises SidecarUnavailable: the sidecar is unreachable (fail closed).
+        """
+        request = _finish_request(audit_id, openings, sketch_key)
+        reply = self._call(self._audit.FinishAudit, request, timeout=COIN_AUDIT_TIMEOUT_S)
+        return _verdict_from(reply)
+
     # -- lifetime ---------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -873,6 +951,7 @@ class AsyncClient:
             self._channel = grpc.aio.secure_channel(self.target, credentials, _CHANNEL_OPTIONS)
         self._ledger: Any = ledger_pb2_grpc.LedgerStub(self._channel)
         self._delegation: Any = delegation_pb2_grpc.DelegationStub(self._channel)
+        self._audit: Any = audit_pb2_grpc.CoinAuditStub(self._channel)
         self._backlog = _open_backlog(self.policy, self.target)
         self._pending = len(self._backlog)
         self._lock = asyncio.Lock()
@@ -1040,10 +1119,12 @@ class AsyncClient:
 
     # -- delegation -------------------------------------------------------------------------
 
-    async def _call(self, method: Callable[..., Awaitable[Any]], request: object) -> Any:
+    async def _call(
+        self, method: Callable[..., Awaitable[Any]], request: object, *, timeout: float = 0
+    ) -> Any:
         self._check_open()
         try:
-            reply = await method(request, timeout=self.policy.timeout_s)
+            reply = await method(request, timeout=max(timeout, self.policy.timeout_s))
         except grpc.RpcError as exc:
             raise _rpc_error(exc, self.target) from None
         if self._pending:
@@ -1173,6 +1254,46 @@ class AsyncClient:
         request = delegation_pb2.RevokeTokenRequest(token_id=token_id, reason=reason)
         reply = await self._call(self._delegation.RevokeToken, request)
         return Revocation(reply.index, reply.already_revoked)
+
+    # -- CoIn audits ------------------------------------------------------------------------
+
+    async def begin_coin_audit(
+        self,
+        *,
+        head_note: str,
+        provider_vkey: str,
+        prompt: str,
+        answer: str,
+        domain: str | None = None,
+        sketch: bytes = b"",
+        call_request_id: str | None = None,
+    ) -> CoinChallenge:
+        """As :meth:`Client.begin_coin_audit`.
+
+        :raises: as :meth:`Client.begin_coin_audit`.
+        """
+        request = _begin_request(
+            head_note=head_note,
+            provider_vkey=provider_vkey,
+            prompt=prompt,
+            answer=answer,
+            domain=domain,
+            sketch=sketch,
+            call_request_id=call_request_id,
+        )
+        reply = await self._call(self._audit.BeginAudit, request, timeout=COIN_AUDIT_TIMEOUT_S)
+        return _challenge_from(reply)
+
+    async def finish_coin_audit(
+        self, audit_id: str, openings: Sequence[Opening], *, sketch_key: bytes = b""
+    ) -> CoinVerdict:
+        """As :meth:`Client.finish_coin_audit`.
+
+        :raises: as :meth:`Client.finish_coin_audit`.
+        """
+        request = _finish_request(audit_id, openings, sketch_key)
+        reply = await self._call(self._audit.FinishAudit, request, timeout=COIN_AUDIT_TIMEOUT_S)
+        return _verdict_from(reply)
 
     # -- lifetime ---------------------------------------------------------------------------
 

@@ -124,7 +124,7 @@ TWINS: dict[str, tuple[Mutation, str]] = {
         "coin.head_signature_invalid",
     ),
     "head-note-signature": (
-        _set("head_note", _HEAD.replace("DnSgCjJS", "DnSgCjJT")),
+        _set("head_note", _HEAD.replace("DnSgCkUa", "DnSgCkUb")),
         "coin.head_signature_invalid",
     ),
     "provider-vkey-other": (_set("provider_vkey", _OTHER_VKEY), "coin.head_signature_invalid"),

@@ -10,6 +10,11 @@ holds the signed head, and checks each opened leaf offline::
     for opening in openings:                                  # the provider opens exactly indices
         verify_opening(head, opening)
 
+Openings come in runs of consecutive leaves (``challenge.run_length``), and a head may bind
+an n-gram sketch of the whole reasoning whose key is revealed with the openings
+(:func:`verify_sketch`): together they let an auditor see repeated and copied stretches
+without reading the reasoning.
+
 This module needs no model: recomputing embeddings and the semantic checks live in
 ``tallystick.daemon.coin``. Their results travel in an :class:`Evidence` document that
 :func:`verify_evidence` re-checks offline (``tallystick audit verify``).
@@ -30,6 +35,7 @@ from ._internal.coin_challenge import (
 )
 from ._internal.coin_evidence import (
     EVIDENCE_FORMAT,
+    MAX_RUN_LENGTH,
     NOT_CLAIMED,
     WHAT_IS_CLAIMED,
     BlockCheck,
@@ -63,28 +69,74 @@ from ._internal.coin_leaf import (
     token_commitment,
     within_tolerance,
 )
+from ._internal.coin_sketch import (
+    SKETCH_ENTRY_BYTES,
+    SKETCH_KEY_BYTES,
+    SKETCH_NGRAM,
+    SketchMismatch,
+    ngram_entries,
+    ngram_sketch,
+    sketch_key,
+    sketch_sha256,
+    split_sketch,
+    verify_sketch,
+)
+from ._internal.coin_wire import (
+    DEFAULT_OPEN_TIMEOUT_S,
+    MAX_HEAD_NOTE_CHARS,
+    MAX_OFFER_BYTES,
+    MAX_OPENINGS_BYTES,
+    MAX_SKETCH_BYTES,
+    MAX_URL_CHARS,
+    OFFER_FORMAT,
+    OFFER_MEMBER,
+    CoinOffer,
+    HttpOpener,
+    OpeningsUnavailable,
+    opening_from_json,
+    opening_to_json,
+    openings_from_json,
+    openings_to_json,
+    prompt_text,
+)
 
 __all__ = [
+    "DEFAULT_OPEN_TIMEOUT_S",
     "EMBEDDING_DIM",
     "EVIDENCE_FORMAT",
     "HEAD_FORMAT",
     "LEAF_BYTES",
     "LEAF_VERSION",
+    "MAX_HEAD_NOTE_CHARS",
+    "MAX_OFFER_BYTES",
+    "MAX_OPENINGS_BYTES",
+    "MAX_RUN_LENGTH",
+    "MAX_SKETCH_BYTES",
+    "MAX_URL_CHARS",
     "MIN_NONCE_BYTES",
     "NOT_CLAIMED",
+    "OFFER_FORMAT",
+    "OFFER_MEMBER",
     "SALT_BYTES",
+    "SKETCH_ENTRY_BYTES",
+    "SKETCH_KEY_BYTES",
+    "SKETCH_NGRAM",
     "WHAT_IS_CLAIMED",
     "BlockCheck",
     "Challenge",
+    "CoinOffer",
     "CommitmentHead",
     "CommitmentMismatch",
     "Evidence",
     "EvidenceInvalid",
+    "HttpOpener",
     "Leaf",
     "LeafOpeningInvalid",
     "LengthPrior",
     "Opening",
+    "OpeningsUnavailable",
     "ReportedUsage",
+    "SketchMismatch",
     "Verdict",
     "block_count",
     "challenge_indices",
@@ -92,13 +144,24 @@ __all__ = [
     "derive_verdict",
     "detection_probability",
     "leaf_salt",
+    "ngram_entries",
+    "ngram_sketch",
+    "opening_from_json",
+    "opening_to_json",
+    "openings_from_json",
+    "openings_to_json",
+    "prompt_text",
     "quantize",
     "sample_size",
     "sha256_hex",
     "sign_head",
+    "sketch_key",
+    "sketch_sha256",
+    "split_sketch",
     "token_commitment",
     "verify_evidence",
     "verify_head",
     "verify_opening",
+    "verify_sketch",
     "within_tolerance",
 ]

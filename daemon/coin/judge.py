@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Final
 
@@ -39,9 +39,12 @@ from tallystick.verifier.coin import (
     block_count,
     challenge_indices,
     challenge_seed,
+    ngram_entries,
     sample_size,
+    split_sketch,
     verify_head,
     verify_opening,
+    verify_sketch,
 )
 from tallystick.verifier.errors import MalformedInput, TallystickError
 
@@ -56,6 +59,7 @@ __all__ = [
     "NONCE_BYTES",
     "AuditOutcome",
     "Auditor",
+    "PendingAudit",
     "Trace",
     "judge_trace",
     "packaged_length_model",
@@ -71,8 +75,8 @@ NONCE_BYTES: Final = 32
 #: The model id the in-process provider of :func:`judge_trace` reports.
 _JUDGE_MODEL: Final = "judge/honest-provider"
 
-#: Something that opens challenged leaf indices: the provider's side of step 3.
-Opener = Callable[[list[int]], list[Opening]]
+#: The provider's side of step 3: opens challenged leaf indices and reveals the sketch key.
+Opener = Callable[[list[int]], tuple[list[Opening], bytes]]
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,26 @@ class AuditOutcome:
     error_code: str | None = None
 
 
+@dataclass(frozen=True)
+class PendingAudit:
+    """An audit between its challenge and the openings: what :meth:`Auditor.finish` needs.
+
+    Holds the delivered prompt and answer in memory (the semantic checks read them); whoever
+    keeps a pending audit must not write them anywhere.
+    """
+
+    head: CommitmentHead
+    head_note: str
+    provider_vkey: str
+    nonce: bytes
+    challenge: Challenge
+    indices: tuple[int, ...]
+    sketch: bytes = field(repr=False)
+    prompt: str = field(repr=False)
+    answer: str = field(repr=False)
+    domain: str | None
+
+
 class Auditor:
     """The auditor: challenges a signed head, verifies openings, judges them.
 
@@ -177,13 +201,127 @@ class Auditor:
             fraction=self.calibration.fraction,
             target=self.calibration.detection_target,
             per_leaf_detection=self.calibration.per_leaf_detection,
+            run_length=self.calibration.run_length,
         )
 
     def challenge_for(self, head: CommitmentHead) -> Challenge:
         """The challenge for ``head``: the sized ``k``, raised to one opening per block."""
         k = max(self.challenge_template.k, block_count(head.reasoning_tokens, head.block_size))
         template = self.challenge_template
-        return Challenge(k, template.fraction, template.target, template.per_leaf_detection)
+        return Challenge(
+            k, template.fraction, template.target, template.per_leaf_detection, template.run_length
+        )
+
+    def begin(
+        self,
+        *,
+        head_note: str,
+        provider_vkey: str,
+        prompt: str,
+        answer: str,
+        sketch: bytes,
+        domain: str | None = None,
+        draw_nonce: Callable[[], bytes] | None = None,
+    ) -> PendingAudit:
+        """Steps 1-3: verify the head and its sketch, draw the nonce, derive the challenged
+        indices.
+
+        :param draw_nonce: called once, after the head verified, so the caller holds (logs) the
+            head before any randomness exists (default ``os.urandom``); tests and the benchmark
+            pass :func:`seeded_nonces`.
+        :raises TallystickError: the head does not verify, is not for this auditor's tokenizer
+            and embedder, or binds no sketch or another one (``coin.*`` codes); ``draw_nonce``
+            was not called.
+        """
+        head = verify_head(  # (1)
+            head_note, NoteVerifier.from_vkey(provider_vkey), answer=answer, prompt=prompt
+        )
+        if head.tokenizer != self.tokenizer.id or head.embedder != self.engine.model_id:
+            raise MalformedInput(
+                "head: tokenizer or embedder is not the auditor's", code="coin.head_unsupported"
+            )
+        if head.embedder_sha256 != self.engine.weights_sha256:
+            raise MalformedInput(
+                "head: embedder weights differ from the auditor's", code="coin.head_unsupported"
+            )
+        # Without the sketch, copies of the reasoning would only show where openings land.
+        if head.sketch_sha256 is None:
+            raise MalformedInput(
+                "head: binds no n-gram sketch, which this auditor requires",
+                code="coin.head_unsupported",
+            )
+        split_sketch(head, sketch)
+        # (2) only now, with the head held, is the nonce drawn
+        nonce = os.urandom(NONCE_BYTES) if draw_nonce is None else draw_nonce()
+        challenge = self.challenge_for(head)  # (3)
+        indices = challenge_indices(
+            challenge_seed(head_note, nonce),
+            head.reasoning_tokens,
+            head.block_size,
+            challenge.k,
+            challenge.run_length,
+        )
+        return PendingAudit(
+            head=head,
+            head_note=head_note,
+            provider_vkey=provider_vkey,
+            nonce=nonce,
+            challenge=challenge,
+            indices=tuple(indices),
+            sketch=sketch,
+            prompt=prompt,
+            answer=answer,
+            domain=domain,
+        )
+
+    def finish(
+        self, pending: PendingAudit, openings: Sequence[Opening], *, sketch_key: bytes
+    ) -> AuditOutcome:
+        """Steps 4-6: verify the openings of ``pending``'s indices and the sketch against them
+        (with its key, revealed with the openings), run the checks, judge.
+
+        A failed opening or sketch fails the audit (``error_code`` says why, no evidence).
+        """
+        try:
+            if [opening.index for opening in openings] != list(pending.indices):
+                raise MalformedInput(
+                    "openings: not exactly the challenged indices", code="coin.challenge_mismatch"
+                )
+            for opening in openings:  # (4)
+                verify_opening(pending.head, opening)
+            verify_sketch(
+                pending.head,
+                pending.sketch,
+                sketch_key,
+                ((opening.index, opening.token_id) for opening in openings),
+            )
+        except TallystickError as exc:
+            return AuditOutcome(False, None, 0, None, None, None, error_code=exc.code)
+        domain, measurements = self._measure(  # (5)
+            pending, openings, sketch_key=sketch_key
+        )
+        thresholds = self.calibration.for_domain(domain)
+        evidence = Evidence.build(  # (6)
+            head_note=pending.head_note,
+            provider_vkey=pending.provider_vkey,
+            auditor_nonce=pending.nonce,
+            challenge=pending.challenge,
+            openings=openings,
+            checks=thresholds.block_checks(measurements),
+            length_prior=thresholds.length_prior(measurements),
+            fpr_at_threshold=thresholds.fpr_estimate,
+            sketch=pending.sketch,
+            sketch_key=sketch_key,
+        )
+        return AuditOutcome(
+            passed=evidence.verdict.consistent,
+            score=thresholds.score(measurements),
+            opened_leaves=len(openings),
+            reported_tokens=pending.head.reasoning_tokens,
+            evidence=evidence,
+            measurements=measurements,
+            domain=domain,
+        )
 
     def audit(
         self,
@@ -193,91 +331,47 @@ class Auditor:
         opener: Opener,
         prompt: str,
         answer: str,
+        sketch: bytes,
         domain: str | None = None,
         draw_nonce: Callable[[], bytes] | None = None,
     ) -> AuditOutcome:
-        """Audit one commitment (steps 1-6 of the module docstring).
+        """Audit one commitment in process: :meth:`begin`, ``opener``, :meth:`finish`.
 
-        :param draw_nonce: called once, after the head verified and is held (default
-            ``os.urandom``); tests and the benchmark pass :func:`seeded_nonces`.
+        :param opener: opens the challenged indices and reveals the sketch key with them.
+        A head that does not verify fails the audit with its code and no evidence.
         """
         try:
-            head = verify_head(  # (1)
-                head_note, NoteVerifier.from_vkey(provider_vkey), answer=answer, prompt=prompt
+            pending = self.begin(
+                head_note=head_note,
+                provider_vkey=provider_vkey,
+                prompt=prompt,
+                answer=answer,
+                sketch=sketch,
+                domain=domain,
+                draw_nonce=draw_nonce,
             )
-            if head.tokenizer != self.tokenizer.id or head.embedder != self.engine.model_id:
-                raise MalformedInput(
-                    "head: tokenizer or embedder is not the auditor's", code="coin.head_unsupported"
-                )
-            if head.embedder_sha256 != self.engine.weights_sha256:
-                raise MalformedInput(
-                    "head: embedder weights differ from the auditor's",
-                    code="coin.head_unsupported",
-                )
-            # (2) only now, with the head held, is the nonce drawn
-            nonce = os.urandom(NONCE_BYTES) if draw_nonce is None else draw_nonce()
-            challenge = self.challenge_for(head)  # (3)
-            indices = challenge_indices(
-                challenge_seed(head_note, nonce),
-                head.reasoning_tokens,
-                head.block_size,
-                challenge.k,
-            )
-            openings = opener(list(indices))
-            if [opening.index for opening in openings] != indices:
-                raise MalformedInput(
-                    "openings: not exactly the challenged indices", code="coin.challenge_mismatch"
-                )
-            for opening in openings:  # (4)
-                verify_opening(head, opening)
+            openings, sketch_key = opener(list(pending.indices))
         except TallystickError as exc:
             return AuditOutcome(False, None, 0, None, None, None, error_code=exc.code)
-        domain, measurements = self._measure(  # (5)
-            head, openings, prompt=prompt, answer=answer, domain=domain
-        )
-        thresholds = self.calibration.for_domain(domain)
-        evidence = Evidence.build(  # (6)
-            head_note=head_note,
-            provider_vkey=provider_vkey,
-            auditor_nonce=nonce,
-            challenge=challenge,
-            openings=openings,
-            checks=thresholds.block_checks(measurements),
-            length_prior=thresholds.length_prior(measurements),
-            fpr_at_threshold=thresholds.fpr_estimate,
-        )
-        return AuditOutcome(
-            passed=evidence.verdict.consistent,
-            score=thresholds.score(measurements),
-            opened_leaves=len(openings),
-            reported_tokens=head.reasoning_tokens,
-            evidence=evidence,
-            measurements=measurements,
-            domain=domain,
-        )
+        return self.finish(pending, openings, sketch_key=sketch_key)
 
     def _measure(
-        self,
-        head: CommitmentHead,
-        openings: Sequence[Opening],
-        *,
-        prompt: str,
-        answer: str,
-        domain: str | None,
+        self, pending: PendingAudit, openings: Sequence[Opening], *, sketch_key: bytes
     ) -> tuple[str, Measurements]:
         """The domain the audit is judged in (the trace's own when calibrated, else the
         router's) and the checks' measurements."""
-        prompt_vec, answer_vec = self.engine.embed_texts([prompt, answer])
-        prompt_ids = self.tokenizer.encode(prompt)
-        answer_ids = self.tokenizer.encode(answer)
+        prompt_vec, answer_vec = self.engine.embed_texts([pending.prompt, pending.answer])
+        prompt_ids = self.tokenizer.encode(pending.prompt)
+        answer_ids = self.tokenizer.encode(pending.answer)
         known = set(self.length_model.regressions) & set(self.calibration.domains)
+        domain = pending.domain
         routed = domain if domain in known else self.length_model.route(prompt_vec)
         length_z = self.length_model.z(
             domain=routed,
             prompt_tokens=len(prompt_ids),
             answer_tokens=len(answer_ids),
-            answer=answer,
-            reasoning_tokens=head.reasoning_tokens,
+            answer=pending.answer,
+            reasoning_tokens=pending.head.reasoning_tokens,
         )
         return routed, measure(
             self.engine,
@@ -286,6 +380,11 @@ class Auditor:
             prompt_embedding=prompt_vec,
             answer_embedding=answer_vec,
             visible_ids=frozenset(prompt_ids) | frozenset(answer_ids),
+            sketch_entries=split_sketch(pending.head, pending.sketch),
+            visible_entries=[
+                ngram_entries(sketch_key, prompt_ids),
+                ngram_entries(sketch_key, answer_ids),
+            ],
             length_z=length_z,
         )
 
@@ -329,8 +428,9 @@ def judge_trace(
     return auditor.audit(
         head_note=commitment.head_note,
         provider_vkey=signer.vkey,
-        opener=commitment.open,
+        opener=commitment.answer_challenge,
         prompt=trace.prompt,
+        sketch=commitment.sketch,
         answer=trace.answer,
         domain=trace.domain,
         draw_nonce=draw_nonce,

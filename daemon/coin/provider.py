@@ -20,7 +20,11 @@ The steps (coin.md §4.2-4.3):
    ``leaf_salt(trace_secret, i)`` and the salted token commitment;
 5. the leaf hashes form an RFC 9162 tree; the signed head binds its root and size to the
    request, model, tokenizer, embedder and weights hash, block size, usage, the prompt and
-   answer hashes and the time.
+   answer hashes, the n-gram sketch (:func:`~tallystick.verifier.coin.ngram_sketch`, keyed by
+   ``sketch_key(trace_secret)``) and the time.
+
+The provider publishes :attr:`Commitment.sketch` with the head and reveals
+:attr:`Commitment.sketch_key` with the openings, after the challenge.
 
 The trace secret is 32 random bytes unless given; it never leaves the :class:`Commitment`
 (only the salts of opened leaves do), so unopened leaves cannot be inverted over the vocabulary.
@@ -43,9 +47,12 @@ from tallystick.verifier.coin import (
     Opening,
     ReportedUsage,
     leaf_salt,
+    ngram_sketch,
     quantize,
     sha256_hex,
     sign_head,
+    sketch_key,
+    sketch_sha256,
     token_commitment,
 )
 from tallystick.verifier.errors import MalformedInput
@@ -72,6 +79,7 @@ class Commitment:
     :ivar head_note: the C2SP signed note of ``head``, what the provider publishes.
     :ivar blocks: the token ids of each block, in order (the last block may be short).
     :ivar leaves: every leaf, in token order.
+    :ivar sketch: the n-gram sketch the head binds, published with the head.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class Commitment:
         leaves: tuple[Leaf, ...],
         tree: merkle.MerkleTree,
         trace_secret: bytes,
+        sketch: bytes,
     ) -> None:
         self.head = head
         self.head_note = head_note
@@ -90,6 +99,12 @@ class Commitment:
         self.leaves = leaves
         self._tree = tree
         self._trace_secret = trace_secret
+        self.sketch = sketch
+
+    @property
+    def sketch_key(self) -> bytes:
+        """The key of :attr:`sketch`: reveal it with the openings, never before the challenge."""
+        return sketch_key(self._trace_secret)
 
     @property
     def token_ids(self) -> tuple[int, ...]:
@@ -101,6 +116,10 @@ class Commitment:
             f"Commitment(request_id={self.head.request_id!r}, "
             f"reasoning_tokens={self.head.reasoning_tokens}, blocks={len(self.blocks)})"
         )
+
+    def answer_challenge(self, indices: Iterable[int]) -> tuple[list[Opening], bytes]:
+        """The provider's whole answer to a challenge: :meth:`open` and :attr:`sketch_key`."""
+        return self.open(indices), self.sketch_key
 
     def open(self, indices: Iterable[int]) -> list[Opening]:
         """The opening of each index, in the order given: leaf, salt, token id and the RFC 9162
@@ -201,6 +220,7 @@ def commit_tokens(
         )
         leaves.append(leaf)
         tree.append(leaf.hash())
+    sketch = ngram_sketch(sketch_key(secret), ids)
     if reported_usage is None:  # report exactly what was committed
         reported_usage = ReportedUsage(input=None, output=None, reasoning=len(ids), cached=None)
     head = CommitmentHead(
@@ -217,6 +237,7 @@ def commit_tokens(
         answer_sha256=sha256_hex(answer),
         root=tree.root(),
         time_s=int(time.time()) if time_s is None else time_s,
+        sketch_sha256=sketch_sha256(sketch),
     )
     return Commitment(
         head=head,
@@ -225,6 +246,7 @@ def commit_tokens(
         leaves=tuple(leaves),
         tree=tree,
         trace_secret=secret,
+        sketch=sketch,
     )
 
 

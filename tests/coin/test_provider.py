@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from itertools import groupby
 from typing import Any
 
 import pytest
@@ -21,10 +22,15 @@ from tallystick.verifier.coin import (
     challenge_indices,
     challenge_seed,
     leaf_salt,
+    ngram_sketch,
     quantize,
     sign_head,
+    sketch_key,
+    sketch_sha256,
+    split_sketch,
     verify_head,
     verify_opening,
+    verify_sketch,
 )
 from tallystick.verifier.errors import MalformedInput
 
@@ -112,6 +118,36 @@ def test_commit_open_verify_for_a_challenge(
     # The first and the last leaf (the short last block) open too.
     for opening in commitment.open([0, head.reasoning_tokens - 1]):
         verify_opening(head, opening)
+
+
+def test_head_binds_the_ngram_sketch_and_the_key_comes_with_the_openings(
+    commitment: Commitment, trace: dict[str, Any], signer: NoteSigner
+) -> None:
+    head = verify_head(commitment.head_note, signer.verifier, answer=trace["answer"])
+    m = head.reasoning_tokens
+    assert commitment.sketch_key == sketch_key(SECRET)
+    assert commitment.sketch == ngram_sketch(sketch_key(SECRET), commitment.token_ids)
+    assert len(commitment.sketch) == 8 * (m - 7)
+    assert head.sketch_sha256 == sketch_sha256(commitment.sketch)
+    assert len(split_sketch(head, commitment.sketch)) == m - 7
+    # The key is revealed with the openings, and never shows in the commitment's repr.
+    seed = challenge_seed(commitment.head_note, NONCE)
+    indices = challenge_indices(seed, m, head.block_size, 6, 8)
+    openings, key = commitment.answer_challenge(indices)
+    assert key == commitment.sketch_key
+    assert openings == commitment.open(indices)
+    assert key.hex() not in repr(commitment) and str(key) not in repr(commitment)
+    pairs = [(opening.index, opening.token_id) for opening in openings]
+    # Every maximal run of consecutive opened leaves covers (its length - 7) whole n-grams.
+    runs = [len(list(group)) for _, group in groupby(enumerate(indices), key=lambda p: p[1] - p[0])]
+    assert min(runs) >= 8 and sum(runs) == len(indices)
+    assert verify_sketch(head, commitment.sketch, key, pairs) == sum(n - 7 for n in runs)
+    assert (
+        verify_sketch(
+            head, commitment.sketch, key, [(i, commitment.token_ids[i]) for i in range(m)]
+        )
+        == m - 7
+    )
 
 
 def _tampered(opening: Opening, commitment: Commitment) -> dict[str, Opening]:
@@ -284,6 +320,8 @@ def test_empty_reasoning_commits_to_zero_tokens(
     head = verify_head(made.head_note, signer.verifier)
     assert (head.reasoning_tokens, made.blocks, made.open([])) == (0, (), [])
     assert head.root == merkle.root_from_leaf_hashes([])
+    assert made.sketch == b"" and head.sketch_sha256 == sketch_sha256(b"")
+    assert made.answer_challenge([]) == ([], made.sketch_key)
 
 
 def _commit_ids(

@@ -7,7 +7,9 @@ a cheating provider would send in their place. Thresholds are the packaged fit.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,18 +21,35 @@ from tallystick.daemon.coin.prior import LengthModel, LengthSample, length_featu
 from tallystick.daemon.coin.provider import commit_tokens
 from tallystick.daemon.coin.semantic import (
     CHECKS,
+    RUN_EDGE,
+    SPAN_TOKENS,
     Calibration,
     Measurements,
     Thresholds,
     fit_thresholds,
     measure,
+    noncanonical_runs,
+    repeated_spans,
     wilson_interval,
 )
 from tallystick.daemon.coin.tokenizer import Tokenizer
 from tallystick.verifier.checkpoint import NoteSigner
-from tallystick.verifier.coin import Opening, block_count, challenge_indices
+from tallystick.verifier.coin import (
+    SKETCH_NGRAM,
+    Leaf,
+    Opening,
+    block_count,
+    challenge_indices,
+    ngram_entries,
+    sketch_key,
+)
 from tallystick.verifier.errors import MalformedInput
 from tallystick.verifier.keys import PrivateKey
+
+#: Consecutive leaves each challenge anchor opens, as the packaged calibration audits.
+RUN_LENGTH = Calibration.packaged().run_length
+#: The sketch key of these tests (any key: the checks only compare entries under one key).
+KEY = sketch_key(b"semantic tests")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +73,15 @@ def _opened(
         signer=signer,
     )
     k = max(44, block_count(len(ids), 256))
-    return commitment.open(challenge_indices(bytes(32), len(ids), 256, k))
+    return commitment.open(challenge_indices(bytes(32), len(ids), 256, k, RUN_LENGTH))
+
+
+def _visible_entries(tokenizer: Tokenizer, trace: dict[str, Any]) -> list[list[bytes]]:
+    """The prompt's and the answer's sketch entries, as the auditor hashes them."""
+    return [
+        ngram_entries(KEY, tokenizer.encode(trace["prompt"])),
+        ngram_entries(KEY, tokenizer.encode(trace["answer"])),
+    ]
 
 
 def _measure(
@@ -64,11 +91,14 @@ def _measure(
     trace: dict[str, Any],
     *,
     visible: frozenset[int] | None = None,
+    reasoning_ids: Sequence[int] | None = None,
     length_z: float = 0.0,
 ) -> Measurements:
     prompt_vec, answer_vec = engine.embed_texts([trace["prompt"], trace["answer"]])
     if visible is None:
         visible = frozenset(tokenizer.encode(trace["prompt"] + "\n" + trace["answer"]))
+    if reasoning_ids is None:
+        reasoning_ids = tokenizer.encode(trace["reasoning"])
     return measure(
         engine,
         tokenizer,
@@ -76,6 +106,8 @@ def _measure(
         prompt_embedding=prompt_vec,
         answer_embedding=answer_vec,
         visible_ids=visible,
+        sketch_entries=ngram_entries(KEY, reasoning_ids),
+        visible_entries=_visible_entries(tokenizer, trace),
         length_z=length_z,
     )
 
@@ -116,6 +148,10 @@ def test_honest_openings_raise_no_flag(
     assert _flags(thresholds, measured) == set()
     assert thresholds.score(measured) <= thresholds.threshold
     assert set(measured.fingerprint.values()) <= {0.0, 1.0}
+    # The audit-wide checks ran on real runs and a real sketch, and found nothing.
+    assert RUN_LENGTH == 8
+    assert any(b.index == a.index + 1 for a, b in itertools.pairwise(honest))
+    assert measured.noncanonical_runs == 0.0 and measured.repeated_spans == 0.0
 
 
 def test_forged_token_fingerprint_is_flagged(
@@ -196,7 +232,7 @@ def test_duplicate_blocks_flags_a_repeated_block(
     )
     size = len(inflated.token_ids)
     openings = commitment.open(challenge_indices(bytes(32), size, 256, block_count(size, 256)))
-    measured = _measure(engine, tokenizer, openings, trace)
+    measured = _measure(engine, tokenizer, openings, trace, reasoning_ids=inflated.token_ids)
     assert max(measured.blocks["duplicate_blocks"].values()) > 0.999
     assert "duplicate_blocks" in _flags(calibration.for_domain("math"), measured)
 
@@ -244,6 +280,8 @@ def _fake(length_z: float) -> Measurements:
         blocks={"token_block": {}, "block_answer": {}, "block_prompt": {}, "duplicate_blocks": {}},
         fingerprint={0: 0.0},
         visible_vocab=0.0,
+        noncanonical_runs=0.0,
+        repeated_spans=0.0,
         length_z=length_z,
     )
 
@@ -257,9 +295,171 @@ def test_measure_refuses_an_empty_audit(engine: EmbeddingEngine, tokenizer: Toke
             prompt_embedding=np.zeros(384, dtype=np.float32),
             answer_embedding=np.zeros(384, dtype=np.float32),
             visible_ids=frozenset(),
+            sketch_entries=[],
+            visible_entries=[],
             length_z=0.0,
         )
     assert info.value.code == "coin.audit_incomplete"
+
+
+# -- the audit-wide checks on real token ids (no engine) -------------------------------------
+
+
+def _runs(token_ids: Sequence[int], starts: Sequence[int], length: int = 8) -> list[Opening]:
+    """Openings of runs of ``length`` leaves at ``starts``, as the statistics read them (index
+    and token id; the leaf is a placeholder, nothing here verifies it)."""
+    indices = sorted({i for start in starts for i in range(start, start + length)})
+    return [
+        Opening(i, Leaf(i, 0, bytes(32), bytes(384), bytes(384)), bytes(16), token_ids[i], ())
+        for i in indices
+    ]
+
+
+def _separate_starts(size: int, count: int, rng: np.random.Generator) -> list[int]:
+    """``count`` random starts of runs of 8 that neither touch nor overlap (stride 9), with the
+    first and the last possible run among them."""
+    slots = (size - 8) // 9
+    picked = {0, slots} | {int(s) for s in rng.choice(slots + 1, min(count, slots + 1), False)}
+    return sorted(9 * slot for slot in picked)
+
+
+def test_noncanonical_runs_is_zero_on_honest_runs(
+    tokenizer: Tokenizer, short_traces: list[dict[str, Any]], dev_traces: list[dict[str, Any]]
+) -> None:
+    rng = np.random.default_rng(0)
+    for trace in [*short_traces, *dev_traces[:20]]:
+        ids = tokenizer.encode(trace["reasoning"])
+        openings = _runs(ids, _separate_starts(len(ids), 20, rng))
+        assert noncanonical_runs(tokenizer, openings) == 0.0, trace["id"]
+    # Isolated leaves, and runs too short to have an interior, are not tested at all.
+    ids = tokenizer.encode(short_traces[0]["reasoning"])
+    assert noncanonical_runs(tokenizer, _runs(ids, [0, 20, 40], length=1)) == 0.0
+    assert noncanonical_runs(tokenizer, _runs(ids, [0, 20], length=2 * RUN_EDGE)) == 0.0
+    assert noncanonical_runs(tokenizer, []) == 0.0
+
+
+def test_noncanonical_runs_rises_on_random_token_ids(tokenizer: Tokenizer) -> None:
+    # Random ids are far from 1.0-ish: most cl100k tokens are whole words with their leading
+    # space, and a run of random words re-tokenizes to the same ids. The check catches the
+    # runs whose interior holds a word piece that merges with a neighbour (about 1 in 6).
+    rng = np.random.default_rng(1)
+    size = 9 * 300
+    ids: list[int] = []
+    while len(ids) < size:
+        token_id = int(rng.integers(0, 100_000))
+        try:
+            tokenizer.token_bytes(token_id)
+        except MalformedInput:  # a hole in the vocabulary
+            continue
+        ids.append(token_id)
+    starts = list(range(0, size - 8, 9))
+    fraction = noncanonical_runs(tokenizer, _runs(ids, starts))
+    assert fraction > 0.08
+
+
+def _split_positions(tokenizer: Tokenizer, original: list[int], inflated: list[int]) -> list[int]:
+    """Positions of ``inflated`` that are pieces of an ``original`` token split in two or more
+    (the attack keeps the bytes and the order of every original token)."""
+    split: list[int] = []
+    at = 0
+    for token_id in original:
+        want = tokenizer.token_bytes(token_id)
+        got, first = b"", at
+        while len(got) < len(want):
+            got += tokenizer.token_bytes(inflated[at])
+            at += 1
+        assert got == want
+        if at - first > 1:
+            split.extend(range(first, at))
+    assert at == len(inflated)
+    return split
+
+
+def test_noncanonical_runs_flags_tokenization_ambiguity(
+    tokenizer: Tokenizer, short_traces: list[dict[str, Any]]
+) -> None:
+    for trace in (short_traces[1], short_traces[4]):
+        source = AttackSource(trace["prompt"], trace["reasoning"], trace["answer"])
+        inflated = inflate(
+            source, "tokenization_ambiguity", 1.0, tokenizer=tokenizer, rng=np.random.default_rng(2)
+        )
+        original = tokenizer.encode(trace["reasoning"])
+        ids = list(inflated.token_ids)
+        assert inflated.injected_tokens == len(original)  # ratio 1 reached: same text, 2x tokens
+        split = set(_split_positions(tokenizer, original, ids))
+        # Runs of 8 whose interior (positions 2..5) starts on a split piece.
+        starts: list[int] = []
+        for piece in sorted(split):
+            start = piece - RUN_EDGE
+            if 0 <= start <= len(ids) - 8 and (not starts or start >= starts[-1] + 9):
+                starts.append(start)
+        assert len(starts) >= 10
+        fraction = noncanonical_runs(tokenizer, _runs(ids, starts))
+        assert fraction >= 0.9, (trace["id"], fraction)
+        # The same places in the honest tokenization are canonical.
+        honest = _runs(original, _separate_starts(len(original), 20, np.random.default_rng(3)))
+        assert noncanonical_runs(tokenizer, honest) == 0.0
+
+
+def _spans(tokenizer: Tokenizer, trace: dict[str, Any], reasoning_ids: Sequence[int]) -> float:
+    return repeated_spans(ngram_entries(KEY, reasoning_ids), _visible_entries(tokenizer, trace))
+
+
+def test_repeated_spans_is_zero_without_repeats_and_high_on_self_copies(
+    tokenizer: Tokenizer, short_traces: list[dict[str, Any]], safety_trace: dict[str, Any]
+) -> None:
+    assert SPAN_TOKENS == 32 == 4 * SKETCH_NGRAM
+    ids = tokenizer.encode(safety_trace["reasoning"])
+    assert _spans(tokenizer, safety_trace, ids) == 0.0
+    assert repeated_spans([], []) == 0.0
+    assert repeated_spans(ngram_entries(KEY, ids[: SPAN_TOKENS - 1]), []) == 0.0
+    for trace in (safety_trace, short_traces[2]):
+        source = AttackSource(trace["prompt"], trace["reasoning"], trace["answer"])
+        copied = inflate(
+            source, "duplicate_blocks", 1.0, tokenizer=tokenizer, rng=np.random.default_rng(4)
+        )
+        assert _spans(tokenizer, trace, copied.token_ids) >= 0.5, trace["id"]
+    # The whole reasoning twice over: every token is in a repeated stretch.
+    assert _spans(tokenizer, safety_trace, ids + ids) == 1.0
+
+
+def _insert(ids: list[int], at: int, stretch: list[int]) -> list[int]:
+    return ids[:at] + stretch + ids[at:]
+
+
+def test_repeated_spans_sees_a_stretch_copied_from_the_answer(
+    tokenizer: Tokenizer, short_traces: list[dict[str, Any]]
+) -> None:
+    # A safety trace whose answer is long enough to copy 40 tokens from.
+    trace = next(t for t in short_traces[3:] if len(tokenizer.encode(t["answer"])) > 41)
+    ids = tokenizer.encode(trace["reasoning"])
+    answer = tokenizer.encode(trace["answer"])
+    assert _spans(tokenizer, trace, ids) == 0.0
+    stretch = answer[:40]
+    # Where the tokens after the copy differ from the answer's next one, so it stays 40 long.
+    at = next(p for p in range(len(ids) // 2, len(ids)) if ids[p] != answer[40])
+    padded = _insert(ids, at, stretch)
+    assert _spans(tokenizer, trace, padded) == pytest.approx(40 / len(padded))
+    # Only the answer's entries see it: the reasoning itself does not repeat.
+    assert repeated_spans(ngram_entries(KEY, padded), []) == 0.0
+
+
+@pytest.mark.parametrize(("length", "counted"), [(31, False), (32, True), (45, True)])
+def test_repeated_spans_counts_stretches_of_32_tokens_and_more(
+    tokenizer: Tokenizer, safety_trace: dict[str, Any], length: int, counted: bool
+) -> None:
+    ids = tokenizer.encode(safety_trace["reasoning"])
+    source = 10
+    stretch = ids[source : source + length]
+    # Insert the copy after the source, where neither neighbour extends the repeat.
+    at = next(
+        p
+        for p in range(source + length + 1, len(ids))
+        if ids[p - 1] != ids[source - 1] and ids[p] != ids[source + length]
+    )
+    padded = _insert(ids, at, stretch)
+    expected = 2 * length / len(padded) if counted else 0.0
+    assert _spans(tokenizer, safety_trace, padded) == pytest.approx(expected)
 
 
 def test_fit_thresholds_hits_its_in_sample_target() -> None:

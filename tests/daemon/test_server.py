@@ -588,6 +588,7 @@ def test_reflection_lists_the_services(served: RunningDaemon) -> None:
         "tallystick.v1.Log",
         "tallystick.v1.Delegation",
         "tallystick.v1.Query",
+        "tallystick.v1.CoinAudit",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

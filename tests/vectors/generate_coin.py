@@ -42,6 +42,9 @@ LOG = NoteSigner(
 TRACE_SECRET = bytes(range(32))
 NONCE = bytes(range(100, 132))
 TIME_S = 1_700_000_000
+SKETCH_KEY = coin.sketch_key(TRACE_SECRET)
+#: Consecutive leaves per anchor in head.json's run-widened indices.
+RUN_LENGTH = 3
 EMBEDDER = "all-MiniLM-L6-v2@synthetic"
 EMBEDDER_SHA256 = hashlib.sha256(b"synthetic embedder").hexdigest()
 
@@ -74,6 +77,7 @@ class Synthetic:
     leaves: tuple[coin.Leaf, ...]
     tree: MerkleTree
     token_ids: tuple[int, ...]
+    sketch: bytes | None
 
     def open(self, indices: Sequence[int], *, tree_size: int | None = None) -> list[coin.Opening]:
         """Openings of ``indices``, with proofs at ``tree_size`` (default: the whole tree)."""
@@ -119,12 +123,14 @@ def commit(
     reported_reasoning: int | None = None,
     leaves: Sequence[coin.Leaf] | None = None,
     signers: Sequence[NoteSigner] = (PROVIDER,),
+    sketched: bool = True,
 ) -> Synthetic:
     """The synthetic provider's signed commitment; the keyword overrides build dishonest ones."""
     built = list(leaves) if leaves is not None else leaves_for(token_ids, block_size)
     tree = MerkleTree()
     tree.extend(leaf.hash() for leaf in built)
     count = len(token_ids) if reasoning_tokens is None else reasoning_tokens
+    sketch = coin.ngram_sketch(SKETCH_KEY, token_ids) if sketched else None
     head = coin.CommitmentHead(
         origin="provider.example/coin",
         request_id=request_id,
@@ -144,9 +150,10 @@ def commit(
         answer_sha256=hashlib.sha256(answer.encode()).hexdigest(),
         root=tree.root(),
         time_s=TIME_S,
+        sketch_sha256=None if sketch is None else coin.sketch_sha256(sketch),
     )
     note = sign_note(head.to_text(), *signers)
-    return Synthetic(head, note, tuple(built), tree, tuple(token_ids))
+    return Synthetic(head, note, tuple(built), tree, tuple(token_ids), sketch)
 
 
 #: The golden trace: 10 reasoning tokens in blocks of 4 (the last block holds 2).
@@ -165,7 +172,11 @@ def evidence(
     opened block (``scores[i]`` for the i-th block, 0.9 when not given) against threshold 0.5."""
     seed = coin.challenge_seed(synthetic.head_note, nonce)
     indices = coin.challenge_indices(
-        seed, synthetic.head.reasoning_tokens, synthetic.head.block_size, challenge.k
+        seed,
+        synthetic.head.reasoning_tokens,
+        synthetic.head.block_size,
+        challenge.k,
+        challenge.run_length,
     )
     openings = synthetic.open(indices)
     blocks = sorted({opening.leaf.block_index for opening in openings})
@@ -188,6 +199,8 @@ def evidence(
         checks=checks,
         length_prior=coin.LengthPrior(z=0.25, threshold=2.33, flagged=False),
         fpr_at_threshold=0.01,
+        sketch=synthetic.sketch,
+        sketch_key=None if synthetic.sketch is None else SKETCH_KEY,
     )
 
 
@@ -236,6 +249,10 @@ def build_vectors() -> dict[str, bytes]:
             "indices_k3": coin.challenge_indices(seed, len(TOKEN_IDS), 4, 3),
             "indices_k5": coin.challenge_indices(seed, len(TOKEN_IDS), 4, 5),
             "indices_k10": coin.challenge_indices(seed, len(TOKEN_IDS), 4, 10),
+            "run_length": RUN_LENGTH,
+            "indices_k2_runs": coin.challenge_indices(seed, len(TOKEN_IDS), 4, 2, RUN_LENGTH),
+            "sketch_key_hex": SKETCH_KEY.hex(),
+            "sketch_hex": (synthetic.sketch or b"").hex(),
         },
         "evidence-consistent.json": json.loads(evidence(synthetic).to_json()),
         "evidence-flagged.json": json.loads(evidence(synthetic, scores=(0.9, 0.1)).to_json()),

@@ -58,8 +58,11 @@ class _CounterStream:
                 return value % bound
 
 
-def challenge_indices(seed: bytes, tree_size: int, block_size: int, k: int) -> list[int]:
-    """The ``min(k, tree_size)`` distinct leaf indices to open, sorted ascending.
+def challenge_indices(
+    seed: bytes, tree_size: int, block_size: int, k: int, run_length: int = 1
+) -> list[int]:
+    """The leaf indices to open, sorted ascending: ``min(k, tree_size)`` distinct anchors, each
+    widened into a run of ``run_length`` consecutive leaves.
 
     Deterministic in its arguments. Draws are uniform integers from SHA-256 counter blocks over
     ``SHA-256``-domain ``"coin/indices/v1" || seed`` (rejection sampling, no modulo bias).
@@ -71,15 +74,22 @@ def challenge_indices(seed: bytes, tree_size: int, block_size: int, k: int) -> l
     2. When ``k`` reaches the number of blocks, one index is drawn uniformly inside each other
        block, so every block is hit (the last block holds the last index).
     3. The rest are uniform over ``[0, tree_size)``, skipping indices already taken.
+    4. Each anchor ``a`` opens ``[s, s + run_length)`` with ``s = min(a, tree_size - run_length)``
+       (clipped at 0): runs stay inside the tree, so the last anchor's run ends at the last leaf.
+       Runs let the auditor read short stretches of token ids: n-gram checks (the sketch of
+       :mod:`.coin_sketch`, canonical tokenization) need neighbours, not isolated tokens. With
+       ``run_length`` 1 this is exactly the anchors.
 
-    :raises MalformedInput: a seed that is not 32 bytes, or a size, block size or ``k`` that is
-        not a non-negative uint32 (block size at least 1) (``coin.bad_seed``, ``coin.bad_int``).
+    :raises MalformedInput: a seed that is not 32 bytes, or a size, block size, ``k`` or run
+        length that is not a non-negative uint32 (block size and run length at least 1)
+        (``coin.bad_seed``, ``coin.bad_int``).
     """
     if not isinstance(seed, bytes) or len(seed) != _SEED_BYTES:
         raise MalformedInput("challenge: seed must be 32 bytes", code="coin.bad_seed")
     size = require_uint(tree_size, "challenge: tree size")
     block = require_uint(block_size, "challenge: block size", low=1)
     wanted = min(require_uint(k, "challenge: k"), size)
+    run = require_uint(run_length, "challenge: run length", low=1)
     stream = _CounterStream(b"coin/indices/v1" + seed)
     if not wanted:
         return []
@@ -90,7 +100,13 @@ def challenge_indices(seed: bytes, tree_size: int, block_size: int, k: int) -> l
             chosen.add(start + stream.below(block))
     while len(chosen) < wanted:  # (3)
         chosen.add(stream.below(size))
-    return sorted(chosen)
+    if run == 1:
+        return sorted(chosen)
+    opened: set[int] = set()
+    for anchor in chosen:  # (4)
+        start = max(0, min(anchor, size - run))
+        opened.update(range(start, min(start + run, size)))
+    return sorted(opened)
 
 
 # -- sample size (§4.5) -----------------------------------------------------------------------

@@ -41,13 +41,16 @@ from .coin_challenge import (
     verify_opening,
 )
 from .coin_head import CommitmentHead, challenge_seed, verify_head
-from .coin_leaf import Leaf
+from .coin_sketch import SKETCH_KEY_BYTES, SketchMismatch, verify_sketch
+from .coin_wire import opening_from_json, opening_to_json
 from .encoding import b64_decode, b64_encode
 
 #: The ``format`` member of every v1 evidence document.
 EVIDENCE_FORMAT = "tallystick.coin.evidence/v1"
 #: Evidence carries up to a few hundred openings of about 2 KB each.
 MAX_EVIDENCE_BYTES = 4 << 20
+#: The longest run of consecutive leaves one challenge anchor may open.
+MAX_RUN_LENGTH = 256
 
 #: What a consistent verdict is evidence of (coin.md §4.9).
 WHAT_IS_CLAIMED = (
@@ -100,17 +103,25 @@ def _count(value: object, what: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Challenge:
-    """The audit's sampling parameters: ``k`` openings asked for, the forged fraction ``f`` and
-    target detection probability ``P`` it was sized for, and the per-leaf detection ``p`` assumed.
+    """The audit's sampling parameters: ``k`` anchors asked for, the forged fraction ``f`` and
+    target detection probability ``P`` it was sized for, the per-anchor detection ``p`` assumed,
+    and the run of consecutive leaves each anchor opens (``challenge_indices``).
     """
 
     k: int
     fraction: float
     target: float
     per_leaf_detection: float
+    run_length: int = 1
 
     def __post_init__(self) -> None:
         _count(self.k, "challenge.k")
+        if (
+            isinstance(self.run_length, bool)
+            or not isinstance(self.run_length, int)
+            or not 1 <= self.run_length <= MAX_RUN_LENGTH
+        ):
+            raise _malformed(f"challenge.run_length must be an integer in [1, {MAX_RUN_LENGTH}]")
         _probability(self.fraction, "challenge.fraction")
         _probability(self.target, "challenge.target", open_top=True)
         _probability(self.per_leaf_detection, "challenge.per_leaf_detection")
@@ -177,8 +188,9 @@ class Verdict:
     """What an audit shows, with what it does not (coin.md §4.6, §4.9).
 
     ``consistent`` holds when the head and every opening verified and nothing was flagged.
-    ``k`` is the number of leaves opened, ``detection_probability`` the ``1 - (1 - f*p)^k``
-    they imply for the challenge's ``f`` and the assumed ``p`` (``p_assumed``).
+    ``k`` is the number of leaves opened, ``detection_probability`` the ``1 - (1 - f*p)^a``
+    that the challenge's ``a`` anchors (``min(challenge.k, reasoning_tokens)``; each opens a run)
+    imply for its ``f`` and the assumed ``p`` (``p_assumed``).
     """
 
     consistent: bool
@@ -221,8 +233,12 @@ def derive_verdict(
     if length_prior is not None and length_prior.flagged:
         flagged.append("length_prior")
     k = len(openings)
+    # Leaves of one run are not independent samples: the probability counts anchors.
+    anchors = min(challenge.k, head.reasoning_tokens) if k else 0
     probability = (
-        detection_probability(k, challenge.fraction, challenge.per_leaf_detection) if k else 0.0
+        detection_probability(anchors, challenge.fraction, challenge.per_leaf_detection)
+        if anchors
+        else 0.0
     )
     return Verdict(
         consistent=not flagged,
@@ -252,6 +268,9 @@ class Evidence:
     length_prior: LengthPrior | None
     fpr_at_threshold: float | None
     verdict: Verdict
+    #: The provider's n-gram sketch and its revealed key, when the head binds a sketch.
+    sketch: bytes | None = None
+    sketch_key: bytes | None = None
 
     @classmethod
     def build(
@@ -265,6 +284,8 @@ class Evidence:
         checks: Sequence[BlockCheck] = (),
         length_prior: LengthPrior | None = None,
         fpr_at_threshold: float | None = None,
+        sketch: bytes | None = None,
+        sketch_key: bytes | None = None,
     ) -> Evidence:
         """Evidence with the verdict derived from its parts (nothing is verified here: run
         :func:`verify_evidence` on the result before logging it).
@@ -286,6 +307,8 @@ class Evidence:
             length_prior,
             fpr_at_threshold,
             verdict,
+            sketch,
+            sketch_key,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -300,8 +323,9 @@ class Evidence:
                 "fraction": self.challenge.fraction,
                 "target": self.challenge.target,
                 "per_leaf_detection": self.challenge.per_leaf_detection,
+                "run_length": self.challenge.run_length,
             },
-            "openings": [_opening_to_dict(opening) for opening in self.openings],
+            "openings": [opening_to_json(opening) for opening in self.openings],
             "checks": [
                 {
                     "block_index": check.block_index,
@@ -322,6 +346,8 @@ class Evidence:
             },
             "fpr_at_threshold": self.fpr_at_threshold,
             "verdict": self.verdict.to_dict(),
+            "sketch": None if self.sketch is None else b64_encode(self.sketch),
+            "sketch_key": None if self.sketch_key is None else b64_encode(self.sketch_key),
         }
 
     def to_json(self) -> bytes:
@@ -369,12 +395,15 @@ class Evidence:
                 per_leaf_detection=_finite(
                     challenge["per_leaf_detection"], "challenge.per_leaf_detection"
                 ),
+                run_length=challenge["run_length"],
             ),
             openings=tuple(_opening_from_dict(item) for item in openings),
             checks=tuple(_check_from_dict(item) for item in checks),
             length_prior=None if prior is None else _prior_from_dict(prior),
             fpr_at_threshold=None if fpr is None else _probability_or_zero(fpr),
             verdict=_verdict_from_dict(document["verdict"]),
+            sketch=_optional_bytes(document["sketch"], "sketch"),
+            sketch_key=_optional_bytes(document["sketch_key"], "sketch_key"),
         )
 
 
@@ -390,10 +419,11 @@ _EVIDENCE_KEYS = frozenset(
         "length_prior",
         "fpr_at_threshold",
         "verdict",
+        "sketch",
+        "sketch_key",
     }
 )
-_CHALLENGE_KEYS = frozenset({"k", "fraction", "target", "per_leaf_detection"})
-_OPENING_KEYS = frozenset({"index", "leaf", "salt", "token_id", "proof"})
+_CHALLENGE_KEYS = frozenset({"k", "fraction", "target", "per_leaf_detection", "run_length"})
 _CHECK_KEYS = frozenset({"block_index", "check", "score", "threshold", "flag_if", "flagged"})
 _PRIOR_KEYS = frozenset({"z", "threshold", "flagged"})
 _VERDICT_KEYS = frozenset(
@@ -440,6 +470,10 @@ def _bytes(value: object, what: str) -> bytes:
         raise _malformed(f"{what} is not standard base64") from exc
 
 
+def _optional_bytes(value: object, what: str) -> bytes | None:
+    return None if value is None else _bytes(value, what)
+
+
 def _probability_or_zero(value: object) -> float:
     number = _finite(value, "fpr_at_threshold")
     if not 0.0 <= number <= 1.0:
@@ -447,25 +481,15 @@ def _probability_or_zero(value: object) -> float:
     return number
 
 
-def _opening_to_dict(opening: Opening) -> dict[str, Any]:
-    return {
-        "index": opening.index,
-        "leaf": b64_encode(opening.leaf.to_bytes()),
-        "salt": b64_encode(opening.salt),
-        "token_id": opening.token_id,
-        "proof": [b64_encode(node) for node in opening.proof],
-    }
-
-
 def _opening_from_dict(value: object) -> Opening:
-    item = _members(value, _OPENING_KEYS, "opening")
-    return Opening(
-        index=_count(item["index"], "opening.index"),
-        leaf=Leaf.from_bytes(_bytes(item["leaf"], "opening.leaf")),
-        salt=_bytes(item["salt"], "opening.salt"),
-        token_id=_count(item["token_id"], "opening.token_id"),
-        proof=tuple(_bytes(node, "opening.proof") for node in _list(item["proof"], "proof")),
-    )
+    """One opening in the wire encoding (:mod:`.coin_wire`); a malformed one is malformed
+    evidence (``coin.evidence_malformed``), a bad leaf keeps the leaf's code."""
+    try:
+        return opening_from_json(value)
+    except MalformedInput as exc:
+        if exc.code != "coin.opening_malformed":
+            raise
+        raise _malformed(str(exc)) from exc
 
 
 def _check_from_dict(value: object) -> BlockCheck:
@@ -574,7 +598,9 @@ def verify_evidence(
             code="coin.challenge_undersized",
         )
     seed = challenge_seed(evidence.head_note, evidence.auditor_nonce)
-    expected = challenge_indices(seed, head.reasoning_tokens, head.block_size, evidence.challenge.k)
+    expected = challenge_indices(
+        seed, head.reasoning_tokens, head.block_size, challenge.k, challenge.run_length
+    )
     if [opening.index for opening in evidence.openings] != expected:
         raise EvidenceInvalid(
             "evidence: the opened indices are not the challenge derived from head and nonce",
@@ -582,6 +608,7 @@ def verify_evidence(
         )
     for opening in evidence.openings:  # (6)
         verify_opening(head, opening)
+    _check_sketch(head, evidence)
     _check_flags(evidence)  # (7)
     verdict = derive_verdict(  # (8)
         head,
@@ -597,6 +624,25 @@ def verify_evidence(
             code="coin.verdict_mismatch",
         )
     return verdict
+
+
+def _check_sketch(head: CommitmentHead, evidence: Evidence) -> None:
+    """A head that binds a sketch needs the sketch and its key, and they must agree with every
+    n-gram the openings cover; a head without one, neither."""
+    if head.sketch_sha256 is None:
+        if evidence.sketch is not None or evidence.sketch_key is not None:
+            raise SketchMismatch("evidence: a sketch for a head that binds none")
+        return
+    if evidence.sketch is None or evidence.sketch_key is None:
+        raise SketchMismatch("evidence: the head binds a sketch; sketch or key missing")
+    if len(evidence.sketch_key) != SKETCH_KEY_BYTES:
+        raise _malformed(f"sketch_key must be {SKETCH_KEY_BYTES} bytes")
+    verify_sketch(
+        head,
+        evidence.sketch,
+        evidence.sketch_key,
+        ((opening.index, opening.token_id) for opening in evidence.openings),
+    )
 
 
 def _check_flags(evidence: Evidence) -> None:

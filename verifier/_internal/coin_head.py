@@ -14,6 +14,7 @@ Unstable machinery behind :mod:`tallystick.verifier.coin`. The note text, one fi
     prompt sha256:<hex>
     answer sha256:<hex>
     root <base64 32 bytes>
+    sketch sha256:<hex>           # optional: the n-gram sketch (coin_sketch), when kept
     time <unix seconds>
 
 Identifiers are 1 to 256 visible ASCII characters without spaces; integers are canonical
@@ -144,14 +145,18 @@ class CommitmentHead:
     answer_sha256: str
     root: bytes
     time_s: int
+    #: The hex SHA-256 of the provider's n-gram sketch (:mod:`.coin_sketch`), when it keeps one.
+    sketch_sha256: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("origin", "request_id", "model", "tokenizer", "embedder"):
             value = getattr(self, name)
             if not isinstance(value, str) or _TOKEN.fullmatch(value) is None:
                 raise _malformed(f"{name} must be 1-256 visible ASCII characters, no spaces")
-        for name in ("embedder_sha256", "prompt_sha256", "answer_sha256"):
+        for name in ("embedder_sha256", "prompt_sha256", "answer_sha256", "sketch_sha256"):
             value = getattr(self, name)
+            if name == "sketch_sha256" and value is None:
+                continue
             if not isinstance(value, str) or _HEX64.fullmatch(value) is None:
                 raise _malformed(f"{name} must be 64 lowercase hex digits")
         _check_int(self.block_size, "block_size", _UINT32_LIMIT, low=1)
@@ -163,7 +168,7 @@ class CommitmentHead:
             raise _malformed("root must be 32 bytes")
 
     def to_text(self) -> str:
-        """The note text the provider signs (13 lines, each ending in a newline)."""
+        """The note text the provider signs: 13 lines (14 with a sketch), each ending in "\\n"."""
         lines = (
             HEAD_FORMAT,
             self.origin,
@@ -177,6 +182,7 @@ class CommitmentHead:
             f"prompt sha256:{self.prompt_sha256}",
             f"answer sha256:{self.answer_sha256}",
             f"root {b64_encode(self.root)}",
+            *(() if self.sketch_sha256 is None else (f"sketch sha256:{self.sketch_sha256}",)),
             f"time {self.time_s}",
         )
         return "".join(line + "\n" for line in lines)
@@ -199,8 +205,11 @@ class CommitmentHead:
                     f"head: format {lines[0][:40]!r} is not {HEAD_FORMAT}", code="coin.head_version"
                 )
             raise _malformed(f"first line must be {HEAD_FORMAT}")
+        sketch: str | None = None
+        if len(lines) == _LINE_COUNT + 1:  # the optional sketch line, just before time
+            sketch = _sha256_field(_value(lines.pop(-2), "sketch"), "sketch")
         if len(lines) != _LINE_COUNT:
-            raise _malformed(f"{len(lines)} lines, expected {_LINE_COUNT}")
+            raise _malformed(f"{len(lines)} lines, expected {_LINE_COUNT} or {_LINE_COUNT + 1}")
         fields = [_value(line, key) for line, key in zip(lines[2:], _KEYS, strict=True)]
         request_id, model, tokenizer, embedder_line, block_size, tokens = fields[:6]
         usage, prompt, answer, root, time_s = fields[6:]
@@ -221,6 +230,7 @@ class CommitmentHead:
             answer_sha256=_sha256_field(answer, "answer"),
             root=_root(root),
             time_s=_parse_int(time_s, "time", _TIME_LIMIT),
+            sketch_sha256=sketch,
         )
         # Whatever slipped through field by field (a stray space, say) cannot survive this.
         if head.to_text() != text:
