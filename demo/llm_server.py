@@ -39,8 +39,16 @@ billed call. Three invoice formats, the input of ``tallystick billing reconcile`
    "<model>, output", "project_id": null}``. Amounts are JSON numbers as OpenAI sends them:
    compare with a tolerance.
 
-Manual use: ``python -m demo.llm_server --port 8765`` (then point ``OpenAI(base_url=
-"http://127.0.0.1:8765/v1", api_key="x")`` at it).
+**Cooperating provider.** With ``coin_provider_url`` (the base URL of a
+``tallystick.daemon.coin.provider_server.ProviderServer``), each non-streamed chat completion
+commits its hidden reasoning there (``POST /coin/v1/commit``: request id = the response id,
+the response model, prompt = :func:`tallystick.verifier.coin.prompt_text` of the messages, the
+reasoning, the answer, and the usage it bills) and carries the returned offer as the top-level
+member ``"tallystick_coin"``, for the client's sidecar to audit. A commit that fails is logged
+and the response goes out without an offer. Without it, responses are unchanged.
+
+Manual use: ``python -m demo.llm_server --port 8765 [--coin-provider URL]`` (then point
+``OpenAI(base_url="http://127.0.0.1:8765/v1", api_key="x")`` at it).
 """
 
 from __future__ import annotations
@@ -49,13 +57,16 @@ import argparse
 import csv
 import itertools
 import json
+import logging
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +74,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from tallystick.verifier._internal.offline_encodings import offline_encoding
+from tallystick.verifier.coin import OFFER_MEMBER, prompt_text
+from tallystick.verifier.errors import TallystickError
 from tallystick.verifier.invoice import CSV_COLUMNS
 from tallystick.verifier.logentry import Usage
 from tallystick.verifier.pricing import PriceTable
@@ -92,17 +105,26 @@ _TOKENIZER: Final = "cl100k_base"
 _TOKENS_PER_MESSAGE: Final = 4
 _CHUNK_CHARS: Final = 96
 _DAY: Final = 86_400
+#: The provider server's commit path (``tallystick.daemon.coin.provider_server.COMMIT_PATH``;
+#: repeated so that the demo server does not import the embedding engine).
+_COMMIT_PATH: Final = "/coin/v1/commit"
+#: Seconds a commit may take: the provider embeds the reasoning (a cold cache takes longest).
+_COMMIT_TIMEOUT_S: Final = 300.0
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Trace:
-    """One reasoning trace with its cl100k token counts."""
+    """One reasoning trace with its cl100k token counts (and the hidden reasoning itself, for
+    a cooperating provider's commitments)."""
 
     id: str
     prompt: str
     answer: str
     answer_tokens: int
     reasoning_tokens: int
+    reasoning: str = field(default="", repr=False)
 
 
 def load_traces(path: Path = DEFAULT_TRACES, *, limit: int | None = None) -> tuple[Trace, ...]:
@@ -123,7 +145,14 @@ def load_traces(path: Path = DEFAULT_TRACES, *, limit: int | None = None) -> tup
     answers = encoding.encode_ordinary_batch([row["answer"] for row in rows])
     reasoning = encoding.encode_ordinary_batch([row.get("reasoning") or "" for row in rows])
     return tuple(
-        Trace(row["id"], row["prompt"], row["answer"], len(answer), len(hidden))
+        Trace(
+            row["id"],
+            row["prompt"],
+            row["answer"],
+            len(answer),
+            len(hidden),
+            row.get("reasoning") or "",
+        )
         for row, answer, hidden in zip(rows, answers, reasoning, strict=True)
     )
 
@@ -186,6 +215,8 @@ class LLMServer:
 
     ``base_url`` is for ``openai`` clients (``.../v1``), ``anthropic_base_url`` for
     ``anthropic`` ones. ``clock`` gives the billing time (seconds since the epoch).
+    ``coin_provider_url``: a CoIn provider server's base URL, to act as a cooperating
+    provider (see the module docstring); None: no offers.
     """
 
     def __init__(
@@ -196,8 +227,12 @@ class LLMServer:
         port: int = 0,
         prices: PriceTable | None = None,
         clock: Callable[[], float] = time.time,
+        coin_provider_url: str | None = None,
     ) -> None:
         self._traces = traces if traces is not None else load_traces(traces_path)
+        self._commit_url = (
+            None if coin_provider_url is None else coin_provider_url.rstrip("/") + _COMMIT_PATH
+        )
         self._by_prompt = {trace.prompt: trace for trace in self._traces}
         self._next = itertools.count()
         self._encoding = offline_encoding(_TOKENIZER)
@@ -423,6 +458,10 @@ class LLMServer:
             message = {"role": "assistant", "content": trace.answer, "refusal": None}
             choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
             whole = {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+            if self._commit_url is not None:
+                offer = self._coin_offer(self._commit_url, row, trace, body)
+                if offer is not None:
+                    whole[OFFER_MEMBER] = offer
             return "application/json", json.dumps(whole).encode("utf-8")
         chunk = {**head, "object": "chat.completion.chunk"}
 
@@ -438,6 +477,47 @@ class LLMServer:
             events.append((None, {**chunk, "choices": [], "usage": usage}))
         events.append((None, "[DONE]"))
         return "text/event-stream", _sse(events)
+
+    def _coin_offer(
+        self, commit_url: str, row: InvoiceRow, trace: Trace, body: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Commit the call's hidden reasoning at the provider server: its offer, or None (the
+        failure is logged)."""
+        try:
+            prompt = prompt_text(body.get("messages"))  # checked inside
+        except TallystickError as exc:
+            _log.warning("coin: no offer for %s: %s", row.request_id, exc.code)
+            return None
+        commit = {
+            "request_id": row.request_id,
+            "model": row.model,
+            "prompt": prompt,
+            "reasoning": trace.reasoning,
+            "answer": trace.answer,
+            "reported_usage": {
+                "input": row.input_tokens,
+                "output": row.output_tokens,
+                "reasoning": row.reasoning_tokens,
+                "cached": row.cached_input_tokens,
+            },
+        }
+        request = urllib.request.Request(  # noqa: S310  # the URL the server was given
+            commit_url,
+            data=json.dumps(commit).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=_COMMIT_TIMEOUT_S) as answer:  # noqa: S310
+                offer = json.loads(answer.read())["offer"]
+        except urllib.error.HTTPError as exc:
+            detail = exc.read(1024).decode("utf-8", "replace")
+            _log.warning("coin: no offer for %s: HTTP %d %s", row.request_id, exc.code, detail)
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _log.warning("coin: no offer for %s: %s", row.request_id, type(exc).__name__)
+            return None
+        return offer if isinstance(offer, dict) else None
 
     def responses(self, body: Mapping[str, Any]) -> tuple[str, bytes]:
         """``/v1/responses``: (content type, body). :raises ValueError: a bad request."""
@@ -596,8 +676,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo.llm_server", description=__doc__)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--traces", type=Path, default=DEFAULT_TRACES)
+    parser.add_argument(
+        "--coin-provider",
+        metavar="URL",
+        help="base URL of a CoIn provider server: commit each chat completion's reasoning there",
+    )
     args = parser.parse_args(argv)
-    server = LLMServer(traces_path=args.traces, port=args.port).start()
+    server = LLMServer(
+        traces_path=args.traces, port=args.port, coin_provider_url=args.coin_provider
+    ).start()
     print(f"serving on {server.base_url} (Anthropic: {server.anthropic_base_url})", flush=True)
     try:
         threading.Event().wait()

@@ -10,6 +10,9 @@
         with authorize(sidecar, "alice@example.com", "s1", "Summarise Q3"):
             llm.chat.completions.create(model="gpt-4.1", messages=[...])
 
+``wrap(..., coin_audit=CoinAuditor(sidecar))`` also audits the hidden reasoning tokens of
+providers that attach a CoIn offer to their responses.
+
 Modules: :mod:`~tallystick.sdk.client` (``Client``, ``AsyncClient``, ``Policy``),
 :mod:`~tallystick.sdk.context` (the current delegation), :mod:`~tallystick.sdk.http` (passing
 it between agents over HTTP), :mod:`~tallystick.sdk.tools` (``@tool``),
@@ -19,16 +22,17 @@ it between agents over HTTP), :mod:`~tallystick.sdk.tools` (``@tool``),
 """
 
 from .client import AsyncClient, Client, Policy
-from .coin import CoinChallenge, CoinVerdict, audit_commitment
+from .coin import CoinChallenge, CoinVerdict, audit_commitment, audit_offer, audit_offer_async
 from .context import Delegation, authorize, current, delegate, run_in_context, use
 from .errors import SidecarRejected, SidecarUnavailable, ToolNotAuthorized
 from .http import DelegationAuth, from_headers, headers
 from .tools import configure, tool
-from .wrap import wrap
+from .wrap import CoinAuditor, wrap
 
 __all__ = [
     "AsyncClient",
     "Client",
+    "CoinAuditor",
     "CoinChallenge",
     "CoinVerdict",
     "Delegation",
@@ -38,6 +42,8 @@ __all__ = [
     "SidecarUnavailable",
     "ToolNotAuthorized",
     "audit_commitment",
+    "audit_offer",
+    "audit_offer_async",
     "authorize",
     "configure",
     "current",

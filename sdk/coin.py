@@ -1,24 +1,27 @@
 """CoIn audits through the sidecar: an agent has its tallystickd audit a provider's hidden
 reasoning-token count (coin.md §4), without seeing the reasoning.
 
-::
+A cooperating provider attaches an offer to its API response (the top-level member
+``"tallystick_coin"``, :class:`tallystick.verifier.coin.CoinOffer`): its signed head, the sketch
+the head binds and where to ask for openings. :func:`audit_offer` audits one::
 
-    from tallystick.sdk import Client, audit_commitment
+    from tallystick.sdk import Client, audit_offer
+    from tallystick.verifier.coin import CoinOffer, prompt_text
 
-    # What the provider sent with its answer: a signed head and the sketch it binds; and a
-    # way to ask it for openings, here its Commitment (tallystick.daemon.coin.provider).
+    body = response.to_dict()                             # the provider's response body
     with Client("unix:var/agents/researcher.sock") as sidecar:
-        verdict = audit_commitment(
+        verdict = audit_offer(
             sidecar,
-            head_note=commitment.head_note,
-            provider_vkey=provider_vkey,
-            prompt=prompt,                        # as sent
-            answer=answer,                        # as delivered
-            sketch=commitment.sketch,
-            opener=commitment.open,               # opens the challenged leaves
-            sketch_key_from=lambda challenge: commitment.sketch_key,  # revealed after them
+            CoinOffer.from_response(body),
+            prompt=prompt_text(messages),                 # as sent
+            answer=body["choices"][0]["message"]["content"],  # as delivered
+            call_request_id=body["id"],                   # the recorded call it is for
         )
     verdict.consistent, verdict.flagged, verdict.verdict_entry_index
+
+:func:`tallystick.sdk.wrap.wrap` does this for every call whose response carries an offer
+(``wrap(OpenAI(), recorder=sidecar, coin_audit=sidecar)``). :func:`audit_commitment` is the
+same flow with any opener, such as a provider's ``Commitment.answer_challenge`` in process.
 
 The sidecar logs the head before it draws the challenge, then the evidence and the verdict;
 prompt and answer go to the sidecar (its semantic checks read them) but are never written.
@@ -37,25 +40,39 @@ This module needs neither torch nor the daemon: openings are
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tallystick.proto import audit_pb2
-from tallystick.verifier.coin import Opening
+from tallystick.verifier.checkpoint import SignedNote
+from tallystick.verifier.coin import (
+    DEFAULT_OPEN_TIMEOUT_S,
+    CoinOffer,
+    CommitmentHead,
+    HttpOpener,
+    Opening,
+)
+from tallystick.verifier.errors import CheckpointInvalid, MalformedInput
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .client import AsyncClient, Client
 
 __all__ = [
     "CoinChallenge",
     "CoinVerdict",
     "Opener",
     "audit_commitment",
+    "audit_offer",
+    "audit_offer_async",
+    "head_request_id",
 ]
 
-#: The provider's side of a challenge: the openings of the challenged indices, in their order.
-Opener = Callable[[tuple[int, ...]], Sequence[Opening]]
+#: The provider's side of a challenge: the openings of the challenged indices, in their order,
+#: and the sketch key revealed with them (``b""`` when the head binds no sketch). The shape of
+#: :class:`~tallystick.verifier.coin.HttpOpener` and ``Commitment.answer_challenge``.
+Opener = Callable[[tuple[int, ...]], tuple[Sequence[Opening], bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,24 +113,25 @@ def audit_commitment(
     provider_vkey: str,
     prompt: str,
     answer: str,
+    sketch: bytes,
     opener: Opener,
     domain: str | None = None,
-    sketch: bytes = b"",
-    sketch_key_from: Callable[[CoinChallenge], bytes] | None = None,
     call_request_id: str | None = None,
 ) -> CoinVerdict:
     """Audit one commitment: begin, ``opener(indices)``, finish.
 
-    :param opener: the provider's openings of the challenged indices (a cooperating
-        provider's endpoint, or ``Commitment.open`` in process).
-    :param sketch_key_from: the provider's sketch key, asked for after the openings (None:
-        no key is sent).
+    :param sketch: the n-gram sketch the head binds (``b""`` for a head without one).
+    :param opener: the provider's openings of the challenged indices and its sketch key
+        (:class:`~tallystick.verifier.coin.HttpOpener` for a cooperating provider's
+        endpoint, ``Commitment.answer_challenge`` in process).
+    :param domain: the calibration domain (``"math"``, ``"safety"``); None routes by the
+        prompt.
     :param call_request_id: the ``request_id`` of the recorded call the commitment is for.
     :raises SidecarRejected: the head does not verify (its ``coin.*`` code; nothing was
         logged), malformed openings (``coin.opening_malformed``), ``coin.unavailable``.
     :raises SidecarUnavailable: the sidecar is unreachable (fail closed).
-    :raises TallystickError: whatever ``opener`` or ``sketch_key_from`` raise (the audit then
-        stays pending on the sidecar until it expires).
+    :raises TallystickError: whatever ``opener`` raises (the audit then stays pending on the
+        sidecar until it expires).
     """
     challenge = client.begin_coin_audit(
         head_note=head_note,
@@ -124,9 +142,107 @@ def audit_commitment(
         sketch=sketch,
         call_request_id=call_request_id,
     )
-    openings = opener(challenge.indices)
-    sketch_key = b"" if sketch_key_from is None else sketch_key_from(challenge)
+    openings, sketch_key = opener(challenge.indices)
     return client.finish_coin_audit(challenge.audit_id, openings, sketch_key=sketch_key)
+
+
+def head_request_id(head_note: str) -> str:
+    """The ``request_id`` line of a head note, read WITHOUT verifying it: the name the
+    provider's ``openings_url`` knows the commitment by. The sidecar verifies the head before
+    anything is opened.
+
+    :raises MalformedInput: not a signed note carrying a v1 head (``coin.head_malformed``).
+    :raises UnsupportedVersion: another head format (``coin.head_version``).
+    """
+    try:
+        text = SignedNote.from_text(head_note).text
+    except (CheckpointInvalid, TypeError) as exc:
+        raise MalformedInput("head: not a signed note", code="coin.head_malformed") from exc
+    return CommitmentHead.from_text(text).request_id
+
+
+def audit_offer(
+    client: Client,
+    offer: CoinOffer,
+    *,
+    prompt: str,
+    answer: str,
+    request_id: str | None = None,
+    domain: str | None = None,
+    call_request_id: str | None = None,
+    timeout: float = DEFAULT_OPEN_TIMEOUT_S,
+) -> CoinVerdict:
+    """Audit a provider's offer: :func:`audit_commitment` with an
+    :class:`~tallystick.verifier.coin.HttpOpener` on the offer's ``openings_url``.
+
+    :param prompt: the prompt as sent, the way the head binds it (for chat requests
+        :func:`~tallystick.verifier.coin.prompt_text` of the messages).
+    :param answer: the answer as delivered.
+    :param request_id: the name the provider knows the commitment by; None (the default) is
+        the head's own ``request_id`` (:func:`head_request_id`).
+    :param domain: the calibration domain; None routes by the prompt.
+    :param call_request_id: the ``request_id`` of the recorded call the offer came with.
+    :param timeout: seconds to wait for the provider's openings.
+    :raises TypeError: ``offer`` is not a :class:`~tallystick.verifier.coin.CoinOffer`.
+    :raises MalformedInput: a head that does not parse (``coin.head_malformed``; nothing was
+        sent), a bad ``request_id`` or ``timeout`` (``coin.input_invalid``), or openings that
+        do not parse (``coin.response_malformed``, ``coin.opening_malformed``).
+    :raises OpeningsUnavailable: the provider did not answer with openings
+        (``coin.openings_unavailable``).
+    :raises SidecarRejected: as :func:`audit_commitment`.
+    :raises SidecarUnavailable: the sidecar is unreachable (fail closed).
+    """
+    opener = _opener(offer, request_id, timeout)
+    return audit_commitment(
+        client,
+        head_note=offer.head_note,
+        provider_vkey=offer.provider_vkey,
+        prompt=prompt,
+        answer=answer,
+        sketch=offer.sketch,
+        opener=opener,
+        domain=domain,
+        call_request_id=call_request_id,
+    )
+
+
+async def audit_offer_async(
+    client: AsyncClient,
+    offer: CoinOffer,
+    *,
+    prompt: str,
+    answer: str,
+    request_id: str | None = None,
+    domain: str | None = None,
+    call_request_id: str | None = None,
+    timeout: float = DEFAULT_OPEN_TIMEOUT_S,
+) -> CoinVerdict:
+    """As :func:`audit_offer`, with an :class:`~tallystick.sdk.client.AsyncClient`; the
+    provider's openings are fetched on a worker thread (``asyncio.to_thread``).
+
+    :raises: as :func:`audit_offer`.
+    """
+    opener = _opener(offer, request_id, timeout)
+    challenge = await client.begin_coin_audit(
+        head_note=offer.head_note,
+        provider_vkey=offer.provider_vkey,
+        prompt=prompt,
+        answer=answer,
+        domain=domain,
+        sketch=offer.sketch,
+        call_request_id=call_request_id,
+    )
+    openings, sketch_key = await asyncio.to_thread(opener, challenge.indices)
+    return await client.finish_coin_audit(challenge.audit_id, openings, sketch_key=sketch_key)
+
+
+def _opener(offer: CoinOffer, request_id: str | None, timeout: float) -> HttpOpener:
+    """The offer's opener, built before anything is sent (so a bad input logs nothing)."""
+    if not isinstance(offer, CoinOffer):
+        raise TypeError(f"offer: expected a CoinOffer, got {type(offer).__name__}")
+    if request_id is None:
+        request_id = head_request_id(offer.head_note)
+    return HttpOpener(offer, request_id, timeout=timeout)
 
 
 # -- wire forms (shared by Client and AsyncClient) ---------------------------------------------

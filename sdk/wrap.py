@@ -42,36 +42,73 @@ per character of visible output (0.4 ms for a 1,800-character math answer), and 
 recorder its round trip. A :class:`~tallystick.sdk.recorder.DeferredRecorder` such as
 :class:`~tallystick.sdk.background.BackgroundRecorder` takes the call's record unbuilt, so the
 caller waits for neither: ``wrap(OpenAI(), recorder=BackgroundRecorder(sidecar))``.
+
+**CoIn audits.** With ``coin_audit=`` (the sidecar :class:`~tallystick.sdk.client.Client`, or a
+:class:`CoinAuditor` on it), a non-streamed ``openai`` ``chat.completions.create`` whose
+response carries a cooperating provider's offer (the top-level member ``"tallystick_coin"``,
+:class:`~tallystick.verifier.coin.CoinOffer`) is audited once the call is recorded
+(:func:`tallystick.sdk.coin.audit_offer`): the prompt is
+:func:`~tallystick.verifier.coin.prompt_text` of the request's messages, the answer the one
+choice's content, the provider's request id the head's own (the response id when the head
+does not parse), and ``call_request_id`` the recorded call's ``request_id``. The sidecar logs
+the head, the challenge, the evidence and the verdict. Audits run on background daemon threads,
+at most ``max_in_flight`` at a time (more are logged and skipped), and never block nor fail the
+caller: failures are logged on this module's logger (WARNING, with their code) and kept in
+:meth:`CoinAuditor.outcomes`. :meth:`CoinAuditor.wait` waits for the audits in flight; call it
+before the sidecar client closes or the process exits (daemon threads die with it)::
+
+    with Client("unix:var/agents/me.sock") as sidecar:
+        auditor = CoinAuditor(sidecar)
+        llm = wrap(OpenAI(base_url=provider), recorder=sidecar, coin_audit=auditor)
+        llm.chat.completions.create(model="o3", messages=[...])   # recorded, then audited
+        auditor.wait(60)
+        [outcome.verdict for outcome in auditor.outcomes()]
+
+Not audited: streams, ``responses.create``, ``anthropic`` calls, responses with several
+choices or without text content (logged as ``sdk.coin_not_auditable``). With a deferred
+recorder the audit starts when the record is built, so the head entry may precede the call's.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from tallystick.verifier.canonical import canonicalize
-from tallystick.verifier.errors import MalformedInput
+from tallystick.verifier.coin import DEFAULT_OPEN_TIMEOUT_S, OFFER_MEMBER, CoinOffer
+from tallystick.verifier.errors import MalformedInput, TallystickError
 from tallystick.verifier.logentry import CallBody, Usage
 from tallystick.verifier.pricing import PriceTable
 
 from .adapters import CallSite, Observation, PreparedRequest, StreamReader, adapter_for
+from .coin import CoinVerdict, audit_offer, head_request_id
 from .context import current
 from .recorder import AsyncRecorder, DeferredRecorder, Recorder
 from .recount import Recounter
 
-__all__ = ["wrap"]
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["CoinAuditOutcome", "CoinAuditor", "wrap"]
 
 _log = logging.getLogger(__name__)
 _Client = TypeVar("_Client")
 #: The SDKs' per-request transport options: not part of the request body.
 _TRANSPORT_OPTIONS: Final = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 _WRAPPED: Final = "__tallystick_wrapped__"
+#: Audits a :class:`CoinAuditor` runs at once by default: each holds a thread, and the sidecar
+#: runs the embedding model for each.
+DEFAULT_MAX_IN_FLIGHT: Final = 4
+#: Outcomes a :class:`CoinAuditor` keeps by default (the oldest go first).
+DEFAULT_KEEP_OUTCOMES: Final = 1000
 
 
 def _sha256(value: Any) -> str:
@@ -129,15 +166,18 @@ class _Accounting:
         )
         return _CallStart(site, request, request_sha256, delegation, time.perf_counter_ns())
 
-    def response_call(self, start: _CallStart, response: Any, ended_ns: int) -> CallBody | None:
-        """The record of a whole (non-streamed) response."""
+    def response_call(
+        self, start: _CallStart, response: Any, ended_ns: int
+    ) -> tuple[CallBody | None, Any]:
+        """The record of a whole (non-streamed) response, and its JSON body (None: unreadable)."""
         try:
             body = _json_body(response)
             response_sha256 = _sha256(body)
         except Exception:
             _log.warning("tallystick: cannot read %s response", self.provider, exc_info=True)
-            return None
-        return self.call(start, lambda: start.site.read_response(body), response_sha256, ended_ns)
+            return None, None
+        call = self.call(start, lambda: start.site.read_response(body), response_sha256, ended_ns)
+        return call, body
 
     def call(
         self,
@@ -318,11 +358,249 @@ class _RecordedAsyncStream:
         return getattr(self._inner, name)
 
 
+@dataclass(frozen=True, slots=True)
+class CoinAuditOutcome:
+    """How one offered audit ended: ``verdict`` when the sidecar judged the openings (a failed
+    opening is a verdict too, see :class:`~tallystick.sdk.coin.CoinVerdict`), else the
+    ``error_code`` of why it did not: the sidecar's or the provider's ``coin.*`` code,
+    ``sdk.*`` for the SDK's own, ``sdk.coin_audits_busy`` and ``sdk.coin_not_auditable`` for
+    skipped ones."""
+
+    call_request_id: str | None
+    verdict: CoinVerdict | None
+    error_code: str | None
+
+
+class CoinAuditor:
+    """Audits providers' CoIn offers through the sidecar on background daemon threads; what
+    :func:`wrap` hands each offered call to (see the module docstring).
+
+    **Parameters:**
+
+    - ``sidecar``: the blocking sidecar :class:`~tallystick.sdk.client.Client` (an agent's
+      socket: the shared one cannot audit).
+    - ``max_in_flight``: audits running at once; an offer arriving when that many run is
+      logged and skipped (``sdk.coin_audits_busy``).
+    - ``timeout``: seconds to wait for a provider's openings.
+    - ``keep``: outcomes kept for :meth:`outcomes`, the newest.
+
+    :raises TypeError: ``sidecar`` is an asyncio client (its calls would never run).
+    :raises ValueError: ``max_in_flight`` or ``keep`` below 1.
+    """
+
+    def __init__(
+        self,
+        sidecar: Client,
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        timeout: float = DEFAULT_OPEN_TIMEOUT_S,
+        keep: int = DEFAULT_KEEP_OUTCOMES,
+    ) -> None:
+        if inspect.iscoroutinefunction(getattr(sidecar, "begin_coin_audit", None)):
+            raise TypeError("coin auditor: needs a blocking Client, not an AsyncClient")
+        if max_in_flight < 1 or keep < 1:
+            raise ValueError("coin auditor: max_in_flight and keep must be at least 1")
+        self.sidecar = sidecar
+        self.max_in_flight = max_in_flight
+        self.timeout = timeout
+        self._in_flight = 0
+        self._outcomes: collections.deque[CoinAuditOutcome] = collections.deque(maxlen=keep)
+        self._changed = threading.Condition()
+
+    def __repr__(self) -> str:
+        return f"CoinAuditor({self.sidecar!r}, in_flight={self.in_flight})"
+
+    @property
+    def in_flight(self) -> int:
+        """Audits running now."""
+        with self._changed:
+            return self._in_flight
+
+    def outcomes(self) -> list[CoinAuditOutcome]:
+        """The finished (and skipped) audits' outcomes, oldest first."""
+        with self._changed:
+            return list(self._outcomes)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until no audit is in flight (None: however long it takes); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def submit(
+        self,
+        offer: Any,
+        *,
+        prompt: str,
+        answer: str,
+        response_id: str | None,
+        call_request_id: str | None,
+    ) -> bool:
+        """Start auditing ``offer`` (the response's ``"tallystick_coin"`` member, unparsed) on
+        a daemon thread; False when it was skipped (too many in flight). Never raises."""
+        with self._changed:
+            if self._in_flight >= self.max_in_flight:
+                busy = True
+            else:
+                busy = False
+                self._in_flight += 1
+        if busy:
+            self._finished(
+                CoinAuditOutcome(call_request_id, None, "sdk.coin_audits_busy"),
+                f"{self.max_in_flight} audits in flight",
+                counted=False,
+            )
+            return False
+        thread = threading.Thread(
+            target=self._run,
+            args=(offer, prompt, answer, response_id, call_request_id),
+            name="tallystick-coin-audit",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had: the caller's call goes on
+            self._finished(
+                CoinAuditOutcome(call_request_id, None, "sdk.coin_audit_failed"), str(exc)
+            )
+            return False
+        return True
+
+    def skip(self, call_request_id: str | None, why: str) -> None:
+        """Note an offer that cannot be audited (``sdk.coin_not_auditable``). Never raises."""
+        outcome = CoinAuditOutcome(call_request_id, None, "sdk.coin_not_auditable")
+        self._finished(outcome, why, counted=False)
+
+    def _run(
+        self,
+        raw_offer: Any,
+        prompt: str,
+        answer: str,
+        response_id: str | None,
+        call_request_id: str | None,
+    ) -> None:
+        try:
+            offer = CoinOffer.from_json(raw_offer)
+            request_id: str | None
+            try:
+                request_id = head_request_id(offer.head_note)
+            except TallystickError:  # the sidecar refuses the head with its own code
+                request_id = response_id
+            if request_id != response_id:
+                _log.warning(
+                    "tallystick: coin head names request %s for response %s",
+                    request_id,
+                    response_id,
+                )
+            verdict = audit_offer(
+                self.sidecar,
+                offer,
+                request_id=request_id,
+                prompt=prompt,
+                answer=answer,
+                call_request_id=call_request_id,
+                timeout=self.timeout,
+            )
+        except TallystickError as exc:
+            self._finished(CoinAuditOutcome(call_request_id, None, exc.code), str(exc))
+        except Exception as exc:  # a bug must not escape the thread unlogged
+            _log.warning("tallystick: coin audit of %s crashed", call_request_id, exc_info=True)
+            self._finished(
+                CoinAuditOutcome(call_request_id, None, "sdk.coin_audit_failed"),
+                type(exc).__name__,
+            )
+        else:
+            if not verdict.consistent:
+                _log.warning(
+                    "tallystick: coin audit of %s: inconsistent (%s), verdict entry %d",
+                    call_request_id,
+                    verdict.error_code or ", ".join(verdict.flagged),
+                    verdict.verdict_entry_index,
+                )
+            self._finished(CoinAuditOutcome(call_request_id, verdict, None), "")
+
+    def _finished(self, outcome: CoinAuditOutcome, why: str, *, counted: bool = True) -> None:
+        if outcome.error_code is not None:
+            _log.warning(
+                "tallystick: coin audit of %s not done (%s): %s",
+                outcome.call_request_id,
+                outcome.error_code,
+                why,
+            )
+        with self._changed:
+            self._outcomes.append(outcome)
+            if counted:
+                self._in_flight -= 1
+            self._changed.notify_all()
+
+
+@dataclass(frozen=True, slots=True)
+class _Offered:
+    """A response that carried a CoIn offer, with the prompt as sent: taken on the caller's
+    path, since the caller may change its messages as soon as the call returns."""
+
+    auditor: CoinAuditor
+    offer: Any
+    prompt: str | None
+    why_not: str | None
+    answer_of: Callable[[Mapping[str, Any]], str | None]
+
+    def submit(self, call: CallBody | None, body: Any) -> None:
+        """Audit the offer of the recorded ``call`` whose response body is ``body``. Never
+        raises."""
+        if call is None:
+            self.auditor.skip(None, "the call was not recorded")
+            return
+        try:
+            answer = self.answer_of(body)
+        except Exception:
+            answer = None
+        if self.prompt is None or answer is None:
+            self.auditor.skip(call.request_id, self.why_not or "no single text answer")
+            return
+        self.auditor.submit(
+            self.offer,
+            prompt=self.prompt,
+            answer=answer,
+            response_id=call.request_id,
+            call_request_id=call.request_id,
+        )
+
+
+def _offer_member(response: Any) -> Any:
+    """The response's ``"tallystick_coin"`` member, or None, without converting the response
+    (SDK models keep unknown members in pydantic's ``model_extra``)."""
+    if isinstance(response, Mapping):
+        return response.get(OFFER_MEMBER)
+    extra = getattr(response, "model_extra", None)
+    return extra.get(OFFER_MEMBER) if isinstance(extra, Mapping) else None
+
+
+def _offered(auditor: CoinAuditor | None, start: _CallStart, response: Any) -> _Offered | None:
+    """What to audit after a non-streamed call, or None (no auditor, no offer). Never raises."""
+    site = start.site
+    if auditor is None or site.coin is None:
+        return None
+    try:
+        offer = _offer_member(response)
+    except Exception:
+        return None
+    if offer is None:
+        return None
+    answer_of = site.coin.answer
+    try:
+        return _Offered(auditor, offer, site.coin.prompt(start.request.kwargs), None, answer_of)
+    except MalformedInput as exc:
+        return _Offered(auditor, offer, None, f"{exc.code}: {exc}", answer_of)
+    except Exception as exc:
+        return _Offered(auditor, offer, None, type(exc).__name__, answer_of)
+
+
 def _sync_method(
     original: Callable[..., Any],
     site: CallSite,
     accounting: _Accounting,
     recorder: Recorder | DeferredRecorder,
+    auditor: CoinAuditor | None,
 ) -> Callable[..., Any]:
     def record(build: Callable[[], CallBody | None]) -> None:
         if isinstance(recorder, DeferredRecorder):
@@ -332,14 +610,31 @@ def _sync_method(
         if call is not None:
             recorder.record(call)
 
+    def record_response(start: _CallStart, result: Any, ended_ns: int) -> None:
+        offered = _offered(auditor, start, result)
+
+        def build() -> CallBody | None:  # deferred: the audit starts as the record is built
+            call, body = accounting.response_call(start, result, ended_ns)
+            if offered is not None:
+                offered.submit(call, body)
+            return call
+
+        if isinstance(recorder, DeferredRecorder):
+            recorder.record_later(build)
+            return
+        call, body = accounting.response_call(start, result, ended_ns)
+        if call is not None:
+            recorder.record(call)
+        if offered is not None:
+            offered.submit(call, body)
+
     @functools.wraps(original)
     def create(*args: Any, **kwargs: Any) -> Any:
         start = accounting.start(site, kwargs)
         result = original(*args, **start.request.kwargs)
         if start.request.kwargs.get("stream") is True:
             return _RecordedStream(result, _StreamAccounting(accounting, start), record)
-        ended_ns = time.perf_counter_ns()
-        record(lambda: accounting.response_call(start, result, ended_ns))
+        record_response(start, result, time.perf_counter_ns())
         return result
 
     setattr(create, _WRAPPED, True)
@@ -351,6 +646,7 @@ def _async_method(
     site: CallSite,
     accounting: _Accounting,
     recorder: Recorder | AsyncRecorder,
+    auditor: CoinAuditor | None,
 ) -> Callable[..., Any]:
     async def record(call: CallBody) -> None:
         outcome = recorder.record(call)
@@ -363,9 +659,12 @@ def _async_method(
         result = await original(*args, **start.request.kwargs)
         if start.request.kwargs.get("stream") is True:
             return _RecordedAsyncStream(result, _StreamAccounting(accounting, start), record)
-        call = accounting.response_call(start, result, time.perf_counter_ns())
+        offered = _offered(auditor, start, result)
+        call, body = accounting.response_call(start, result, time.perf_counter_ns())
         if call is not None:
             await record(call)
+        if offered is not None:
+            offered.submit(call, body)
         return result
 
     setattr(create, _WRAPPED, True)
@@ -383,6 +682,7 @@ def wrap(
     recorder: Recorder | AsyncRecorder,
     prices: PriceTable | None = None,
     recount: bool | Recounter = True,
+    coin_audit: Client | CoinAuditor | None = None,
 ) -> _Client:
     """Record every LLM call ``client`` makes through ``recorder``; returns ``client`` itself.
 
@@ -396,12 +696,21 @@ def wrap(
     :param prices: the price table; default the packaged one (``PriceTable.load(None)``).
     :param recount: recount visible output tokens offline (a :class:`Recounter` to map more
         models to encodings); False to skip.
+    :param coin_audit: audit the CoIn offers providers attach to responses (see the module
+        docstring): a :class:`CoinAuditor`, or the blocking sidecar
+        :class:`~tallystick.sdk.client.Client` to audit through with default settings (for
+        sync and async LLM clients alike; the audits run on threads). None: no audits.
     :raises TypeError: no adapter knows ``client``, an async recorder was given for a sync
-        client, or the client is already wrapped.
+        client, ``coin_audit`` is an asyncio client, or the client is already wrapped.
     """
     adapter, is_async = adapter_for(client)
     if not is_async and inspect.iscoroutinefunction(getattr(recorder, "record", None)):
         raise TypeError("wrap: a sync client needs a sync recorder")
+    auditor = (
+        coin_audit
+        if coin_audit is None or isinstance(coin_audit, CoinAuditor)
+        else CoinAuditor(coin_audit)
+    )
     recounter = recount if isinstance(recount, Recounter) else (Recounter() if recount else None)
     accounting = _Accounting(adapter.provider, prices or _packaged_prices(), recounter)
     targets = []
@@ -415,13 +724,14 @@ def wrap(
         targets.append((resource, site, original))
     for resource, site, original in targets:
         if is_async:
-            method = _async_method(original, site, accounting, recorder)
+            method = _async_method(original, site, accounting, recorder, auditor)
         else:
             method = _sync_method(
                 original,
                 site,
                 accounting,
                 recorder,  # type: ignore[arg-type]
+                auditor,
             )
         setattr(resource, site.method, method)
     return client

@@ -9,7 +9,7 @@ from typing import Any
 from tallystick.daemon.log import Log
 from tallystick.verifier.keys import PublicKey, load_public_key
 from tallystick.verifier.logbundle import Bundle
-from tallystick.verifier.logentry import CallBody, Cost, Usage
+from tallystick.verifier.logentry import CallBody, Cost, EntryKind, Usage
 from tallystick.verifier.provenance import AuditedLog
 
 #: 2026-01-01T00:00:00Z in milliseconds.
@@ -45,15 +45,21 @@ def call(
 
 
 def write_bundle(
-    directory: Path, calls: Sequence[tuple[int, str, CallBody]]
+    directory: Path, calls: Sequence[tuple[int, str, CallBody | dict[str, Any]]]
 ) -> tuple[Path, PublicKey]:
-    """Append ``(time_ms, agent, body)`` calls to a fresh log, export it: (bundle, log key)."""
+    """Append ``(time_ms, agent, body)`` entries to a fresh log, export it: (bundle, log key).
+
+    A :class:`CallBody` is a ``call`` entry; a plain object is an ``audit`` entry.
+    """
     now = [calls[0][0] if calls else DAY1_MS]
     log = Log.open(directory / "log", clock_ms=lambda: now[0])
     try:
         for time_ms, agent, body in calls:
             now[0] = time_ms
-            log.append_calls(agent, [body])
+            if isinstance(body, CallBody):
+                log.append_calls(agent, [body])
+            else:
+                log.append(EntryKind.AUDIT, agent, body)
         out = directory / "log.bundle"
         log.export(out)
     finally:
@@ -61,7 +67,9 @@ def write_bundle(
     return out, load_public_key(str(directory / "log" / "log.pub"))
 
 
-def audited(directory: Path, calls: Sequence[tuple[int, str, CallBody]]) -> AuditedLog:
+def audited(
+    directory: Path, calls: Sequence[tuple[int, str, CallBody | dict[str, Any]]]
+) -> AuditedLog:
     """The verified bundle of ``calls``."""
     path, key = write_bundle(directory, calls)
     return AuditedLog.open(Bundle.from_path(path), log_key=key)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from audit_bundles import DAY1_MS, DAY_MS, audited, call, write_bundle
+from tallystick.verifier import coin
 from tallystick.verifier.billing import FindingKind, Tolerance, reconcile
-from tallystick.verifier.checkpoint import NoteVerifier, verify_checkpoint
+from tallystick.verifier.checkpoint import NoteSigner, NoteVerifier, verify_checkpoint
 from tallystick.verifier.errors import ProofInvalid
 from tallystick.verifier.invoice import CSV_COLUMNS, parse_invoice
-from tallystick.verifier.keys import PublicKey, load_public_key
+from tallystick.verifier.keys import PrivateKey, PublicKey, load_public_key
 from tallystick.verifier.logbundle import Bundle, LogDamaged
 from tallystick.verifier.logentry import Recount
 from tallystick.verifier.merkle import hash_leaf, verify_inclusion
@@ -300,3 +301,98 @@ def test_a_recount_that_disagrees_with_the_visible_output_is_a_finding(tmp_path:
         log, parse_invoice(csv(*rows)), tolerance=Tolerance(relative=Decimal("0.5"))
     )
     assert tolerant.matches
+
+
+_PROVIDER = NoteSigner("provider.example/coin", PrivateKey.from_seed(bytes(range(32))))
+
+
+def _head(request_id: str, reasoning_tokens: int) -> dict[str, object]:
+    """The audit entry a sidecar logs for a provider's signed CoIn head of one call."""
+    head = coin.CommitmentHead(
+        origin=_PROVIDER.name,
+        request_id=request_id,
+        model="o3",
+        tokenizer="cl100k_base@tiktoken",
+        embedder="all-MiniLM-L6-v2@test",
+        embedder_sha256="0" * 64,
+        block_size=256,
+        reasoning_tokens=reasoning_tokens,
+        reported_usage=coin.ReportedUsage(None, None, reasoning_tokens, None),
+        prompt_sha256="1" * 64,
+        answer_sha256="2" * 64,
+        root=bytes(32),
+        time_s=JAN1,
+    )
+    return {
+        "coin": "head",
+        "head_note": coin.sign_head(head, _PROVIDER),
+        "provider_vkey": _PROVIDER.vkey,
+        "call_request_id": request_id,
+    }
+
+
+def test_reasoning_billed_beyond_the_providers_commitment_is_a_finding(tmp_path: Path) -> None:
+    forged = _head("req_3", 40)
+    note = str(forged["head_note"])
+    forged["head_note"] = note.replace("reasoning_tokens 40", "reasoning_tokens 10")
+    log = audited(
+        tmp_path,
+        [
+            (DAY1_MS + 1_000, "alice", call("req_1", reasoning=10)),
+            (DAY1_MS + 1_500, "alice", _head("req_1", 10)),  # committed what it billed
+            (DAY1_MS + 2_000, "alice", call("req_2", reasoning=40)),
+            (DAY1_MS + 2_500, "alice", _head("req_2", 25)),  # bills 40, committed to 25
+            (DAY1_MS + 3_000, "alice", call("req_3", reasoning=40)),
+            (DAY1_MS + 3_500, "alice", forged),  # a head whose signature fails
+            (DAY1_MS + 4_000, "alice", _head("req_elsewhere", 99)),  # no such call: not ours
+        ],
+    )
+    rows = [
+        "req_1,2026-01-01T00:00:01Z,gpt-4o,100,20,50,10,0.0015",
+        "req_2,2026-01-01T00:00:02Z,gpt-4o,100,20,50,40,0.0015",
+        "req_3,2026-01-01T00:00:03Z,gpt-4o,100,20,50,40,0.0015",
+    ]
+    result = reconcile(log, parse_invoice(csv(*rows)))
+    findings = [f for f in result.findings if f.kind is FindingKind.REASONING_NOT_COMMITTED]
+    assert [f.request_id for f in findings] == ["req_2", "req_3"]
+    billed_more, unverified = findings
+    assert (billed_more.billed, billed_more.recorded, billed_more.entries) == ("40", "25", (2, 3))
+    assert unverified.entries == (4, 5) and "does not verify" in unverified.detail
+    assert [proof.leaf_index for proof in billed_more.proofs] == [2, 3]
+    # A relative tolerance wide enough absorbs the count difference, never the bad signature.
+    wide = Tolerance(relative=Decimal("0.5"))
+    tolerant = reconcile(log, parse_invoice(csv(*rows)), tolerance=wide)
+    assert [f.request_id for f in tolerant.findings] == ["req_3"]
+
+
+def _challenge(*, head_entry: int) -> dict[str, object]:
+    return {"coin": "challenge", "head_entry": head_entry, "nonce": "00", "k": 1}
+
+
+def test_a_failed_reasoning_audit_of_a_billed_call_is_a_finding(tmp_path: Path) -> None:
+    log = audited(
+        tmp_path,
+        [
+            (DAY1_MS + 1_000, "alice", call("req_1", reasoning=10)),
+            (DAY1_MS + 1_100, "alice", _head("req_1", 10)),
+            (DAY1_MS + 1_200, "alice", _challenge(head_entry=1)),
+            (
+                DAY1_MS + 1_300,
+                "alice",
+                {"coin": "verdict", "challenge_entry": 2, "consistent": False, "error_code": None},
+            ),
+            (DAY1_MS + 2_000, "alice", call("req_2", reasoning=10)),
+            (DAY1_MS + 2_100, "alice", _head("req_2", 10)),
+            (DAY1_MS + 2_200, "alice", _challenge(head_entry=5)),
+            (
+                DAY1_MS + 2_300,
+                "alice",
+                {"coin": "verdict", "challenge_entry": 6, "consistent": True, "error_code": None},
+            ),
+        ],
+    )
+    rows = [f"req_{n},2026-01-01T00:00:0{n}Z,gpt-4o,100,20,50,10,0.0015" for n in (1, 2)]
+    (finding,) = reconcile(log, parse_invoice(csv(*rows))).findings
+    assert finding.kind is FindingKind.REASONING_AUDIT_FAILED
+    assert (finding.request_id, finding.entries) == ("req_1", (0, 1, 3))
+    assert "a check flagged" in finding.detail

@@ -23,6 +23,13 @@ What is compared (usage_accounting.md §7.6):
   part the provider counted, ``output - reasoning``, against the recount
   (``recount_differs``); the billed field is the provider's number, the recorded the recount.
 
+- **Reasoning commitments** (CoIn audits, whatever the invoice's shape): a call whose provider
+  committed to its hidden reasoning (an ``audit`` entry ``{"coin": "head"}`` that the sidecar
+  logged with the call's ``request_id`` as ``call_request_id``): the reasoning count the call
+  recorded against the count the signed head commits to (``reasoning_not_committed``: a
+  provider that bills more reasoning than it committed to, or a head whose signature fails),
+  and an audit of that head whose verdict is not consistent (``reasoning_audit_failed``).
+
 A count or cost that either side does not know (``None``) is not compared; a recorded call
 without a price is listed in :attr:`Reconciliation.unpriced` instead, never taken as zero.
 Which calls are in scope: ``call`` entries that are not tool executions
@@ -43,8 +50,11 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
+from .checkpoint import NoteVerifier
+from .coin import verify_head
+from .errors import TallystickError
 from .invoice import BilledCost, BilledDay, Invoice, InvoiceFormat
-from .logentry import LogEntry
+from .logentry import EntryKind, LogEntry
 from .provenance import AuditedLog, EntryProof
 
 __all__ = [
@@ -79,6 +89,11 @@ class FindingKind(StrEnum):
     #: The provider's visible output (output - reasoning) and the recorder's own recount of
     #: the visible text disagree: hidden tokens were billed as visible, or the reverse.
     RECOUNT_DIFFERS = "recount_differs"
+    #: The reasoning count a call recorded is not the count its provider's signed CoIn head
+    #: commits to (or the head does not verify under the key logged with it).
+    REASONING_NOT_COMMITTED = "reasoning_not_committed"
+    #: The sidecar's CoIn audit of the call's hidden reasoning did not come out consistent.
+    REASONING_AUDIT_FAILED = "reasoning_audit_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +134,9 @@ class Finding:
 
     ``field`` names what differs (a count such as ``output_tokens``, ``requests``, or
     ``cost``); ``billed`` and ``recorded`` are the two values as decimal strings (None where a
-    side has nothing). ``entries`` are the indexes of the calls the finding rests on and
-    ``proofs`` their inclusion proofs, in the same order.
+    side has nothing). ``entries`` are the indexes of the calls the finding rests on (then, for
+    the CoIn kinds, the audit entries: the head, and the verdict) and ``proofs`` their
+    inclusion proofs, in the same order.
     """
 
     kind: FindingKind
@@ -239,6 +255,7 @@ def reconcile(
         _reconcile_days(invoice, calls, builder)
         billed = len(invoice.usage)
     _compare_recounts(calls, builder)
+    _compare_commitments(log, calls, builder)
     unpriced = tuple(call.entry.index for call in calls if call.body.get("cost") is None)
     return Reconciliation(
         invoice_format=invoice.format,
@@ -277,8 +294,10 @@ class _Findings:
         field: str | None = None,
         billed: object = None,
         recorded: object = None,
+        also: Iterable[int] = (),
     ) -> None:
-        indexes = tuple(call.entry.index for call in calls)
+        """Add a finding resting on ``calls`` and the entries ``also`` (audit entries)."""
+        indexes = (*(call.entry.index for call in calls), *also)
         self.findings.append(
             Finding(
                 kind=kind,
@@ -390,6 +409,71 @@ def _compare_recounts(calls: list[_Call], out: _Findings) -> None:
             billed=visible,
             recorded=counted,
         )
+
+
+def _committed_count(body: dict[str, Any]) -> int | None:
+    """The reasoning count a logged head commits to; None when it does not verify."""
+    try:
+        return verify_head(
+            body["head_note"], NoteVerifier.from_vkey(body["provider_vkey"])
+        ).reasoning_tokens
+    except (TallystickError, KeyError, TypeError):
+        return None
+
+
+def _compare_commitments(log: AuditedLog, calls: list[_Call], out: _Findings) -> None:
+    by_request = {call.body["request_id"]: call for call in calls if call.body.get("request_id")}
+    heads: dict[int, _Call] = {}  # head entry -> the call it is for
+    challenges: dict[int, int] = {}  # challenge entry -> head entry
+    for entry in log.entries:
+        if entry.kind is not EntryKind.AUDIT:
+            continue
+        body, coin = entry.body, entry.body.get("coin")
+        if coin == "head" and (call := by_request.get(body.get("call_request_id"))):
+            heads[entry.index] = call
+            request_id = call.body["request_id"]
+            where = _Where(call.body["model"], call.day, request_id)
+            committed = _committed_count(body)
+            billed = call.count("reasoning_output_tokens")
+            if committed is None:
+                out.add(
+                    FindingKind.REASONING_NOT_COMMITTED,
+                    (call,),
+                    f"entry {entry.index}: the head for request {request_id} does not verify "
+                    "under the provider key logged with it",
+                    where,
+                    also=(entry.index,),
+                )
+            elif billed is not None and not out.tolerance.tokens_agree(billed, committed):
+                out.add(
+                    FindingKind.REASONING_NOT_COMMITTED,
+                    (call,),
+                    f"entry {call.entry.index} (request {request_id}) records {billed} reasoning "
+                    f"tokens; the provider's head (entry {entry.index}) commits to {committed}",
+                    where,
+                    field="reasoning_tokens",
+                    billed=billed,
+                    recorded=committed,
+                    also=(entry.index,),
+                )
+        elif coin == "challenge" and isinstance(body.get("head_entry"), int):
+            challenges[entry.index] = body["head_entry"]
+        elif coin == "verdict" and body.get("consistent") is not True:
+            challenge = body.get("challenge_entry")
+            head = challenges.get(challenge) if isinstance(challenge, int) else None
+            if head is None or head not in heads:
+                continue
+            call = heads[head]
+            request_id = call.body["request_id"]
+            reason = body.get("error_code") or "a check flagged (see the evidence)"
+            out.add(
+                FindingKind.REASONING_AUDIT_FAILED,
+                (call,),
+                f"entry {entry.index}: the audit of request {request_id}'s hidden reasoning "
+                f"failed: {reason}",
+                _Where(call.body["model"], call.day, request_id),
+                also=(head, entry.index),
+            )
 
 
 def _reconcile_days(invoice: Invoice, calls: list[_Call], out: _Findings) -> None:

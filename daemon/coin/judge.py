@@ -381,10 +381,8 @@ class Auditor:
             answer_embedding=answer_vec,
             visible_ids=frozenset(prompt_ids) | frozenset(answer_ids),
             sketch_entries=split_sketch(pending.head, pending.sketch),
-            visible_entries=[
-                ngram_entries(sketch_key, prompt_ids),
-                ngram_entries(sketch_key, answer_ids),
-            ],
+            prompt_entries=ngram_entries(sketch_key, prompt_ids),
+            answer_entries=ngram_entries(sketch_key, answer_ids),
             length_z=length_z,
         )
 

@@ -30,11 +30,18 @@ And per audit (repeated on every opened block in the evidence):
   ambiguity, arXiv 2605.30040) is not, and neither are some runs of random token ids (about one
   in six on cl100k_base: most of its tokens are whole words with their leading space, which
   re-tokenize to themselves). Flagged above.
+- ``rare_tokens``: the fraction of opened tokens whose id is at least :data:`RARE_TOKEN_ID`.
+  A byte-level BPE vocabulary such as cl100k_base numbers its tokens in merge order, so late
+  ids are rare strings: about 5% of honest reasoning tokens (dev traces: 99th percentile 11%)
+  against 70% of uniformly random ids. Flagged above.
 - ``repeated_spans``: from the n-gram sketch (:mod:`tallystick.verifier.coin`), the fraction
   of reasoning tokens inside a stretch of :data:`SPAN_TOKENS` tokens that occurs twice in the
-  reasoning, or in the prompt or answer (hashed under the revealed sketch key). Copies of the
-  reasoning itself (blocks or spans) and of what the user sees raise it for the whole trace,
-  not only where a leaf was opened; a sketch that hides them fails its verification instead.
+  reasoning. Copies of the reasoning itself (blocks or spans) raise it for the whole trace, not
+  only where a leaf was opened; a sketch that hides them fails its verification instead.
+  Flagged above.
+- ``copied_prompt`` / ``copied_answer``: likewise, the fraction inside a stretch that occurs
+  in the prompt (the answer), hashed under the revealed sketch key. Separate checks, because
+  honest reasoning rarely quotes its prompt at length but often reaches the answer's words.
   Flagged above.
 - the length prior's z (:mod:`tallystick.daemon.coin.prior`), flagged above.
 
@@ -51,7 +58,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -98,11 +105,23 @@ CHECKS: Final = (
     *BLOCK_CHECKS,
     "visible_vocab",
     "noncanonical_runs",
+    "rare_tokens",
     "repeated_spans",
+    "copied_prompt",
+    "copied_answer",
     "length_prior",
 )
 #: Audit-wide checks reported on every opened block, flagged above their threshold.
-AUDIT_CHECKS: Final = ("visible_vocab", "noncanonical_runs", "repeated_spans")
+AUDIT_CHECKS: Final = (
+    "visible_vocab",
+    "noncanonical_runs",
+    "rare_tokens",
+    "repeated_spans",
+    "copied_prompt",
+    "copied_answer",
+)
+#: The first token id ``rare_tokens`` counts (cl100k_base's merge order; see the docstring).
+RARE_TOKEN_ID: Final = 30_000
 #: Tokens at each end of an opened run left out of the canonical-tokenization test.
 RUN_EDGE: Final = 2
 #: The shortest repeated stretch ``repeated_spans`` counts, in tokens (a multiple of the
@@ -137,7 +156,10 @@ class Measurements:
     fingerprint: Mapping[int, float]
     visible_vocab: float
     noncanonical_runs: float
+    rare_tokens: float
     repeated_spans: float
+    copied_prompt: float
+    copied_answer: float
     length_z: float
 
     def statistics(self) -> dict[str, float]:
@@ -165,7 +187,8 @@ def measure(
     answer_embedding: npt.NDArray[np.float32],
     visible_ids: frozenset[int],
     sketch_entries: Sequence[bytes],
-    visible_entries: Sequence[Sequence[bytes]],
+    prompt_entries: Sequence[bytes],
+    answer_entries: Sequence[bytes],
     length_z: float,
 ) -> Measurements:
     """Run every check on one audit's verified openings.
@@ -176,7 +199,8 @@ def measure(
     :param visible_ids: the token ids of the prompt and the answer.
     :param sketch_entries: the verified sketch's entries, one per reasoning position from
         ``SKETCH_NGRAM - 1`` on.
-    :param visible_entries: the prompt's and the answer's entries under the sketch key.
+    :param prompt_entries: the prompt's entries under the sketch key (``answer_entries``: the
+        answer's).
     :param length_z: the length prior's z for the billed count.
     :raises MalformedInput: no opening (``coin.audit_incomplete``).
     """
@@ -228,9 +252,19 @@ def measure(
         fingerprint=fingerprint,
         visible_vocab=sum(token in visible_ids for token in token_ids) / len(token_ids),
         noncanonical_runs=noncanonical_runs(tokenizer, openings),
-        repeated_spans=repeated_spans(sketch_entries, visible_entries),
+        rare_tokens=rare_tokens(token_ids),
+        repeated_spans=repeated_spans(sketch_entries),
+        copied_prompt=copied_spans(sketch_entries, prompt_entries),
+        copied_answer=copied_spans(sketch_entries, answer_entries),
         length_z=float(length_z),
     )
+
+
+def rare_tokens(token_ids: Sequence[int]) -> float:
+    """The ``rare_tokens`` statistic (module docstring); 0 for no tokens."""
+    if not token_ids:
+        return 0.0
+    return sum(token >= RARE_TOKEN_ID for token in token_ids) / len(token_ids)
 
 
 def _runs(openings: Sequence[Opening]) -> list[list[int]]:
@@ -266,34 +300,43 @@ def noncanonical_runs(tokenizer: Tokenizer, openings: Sequence[Opening]) -> floa
     return failed / tested if tested else 0.0
 
 
-def repeated_spans(entries: Sequence[bytes], visible: Sequence[Sequence[bytes]]) -> float:
-    """The ``repeated_spans`` statistic (module docstring) from sketch entries.
+def _span_names(row: Sequence[bytes]) -> list[bytes]:
+    """A name for each stretch of :data:`SPAN_TOKENS` tokens, by its first token's position.
 
-    A stretch of :data:`SPAN_TOKENS` tokens starting at ``p`` is named by the entries of its
-    four disjoint n-grams (``p``, ``p + n``, ``p + 2n``, ``p + 3n``, entry indices counting
-    from the first full n-gram); equal names are equal stretches up to hash collisions.
+    A stretch starting at ``p`` is named by the entries of its four disjoint n-grams (``p``,
+    ``p + n``, ``p + 2n``, ``p + 3n``, entry indices counting from the first full n-gram);
+    equal names are equal stretches up to hash collisions.
     """
     reach = SPAN_TOKENS - SKETCH_NGRAM
+    return [
+        b"".join(row[p + offset] for offset in range(0, reach + 1, SKETCH_NGRAM))
+        for p in range(len(row) - reach)
+    ]
 
-    def spans(row: Sequence[bytes]) -> list[bytes]:
-        return [
-            b"".join(row[p + offset] for offset in range(0, reach + 1, SKETCH_NGRAM))
-            for p in range(len(row) - reach)
-        ]
 
-    own = spans(entries)
-    if not own:
-        return 0.0
-    counts: dict[bytes, int] = {}
-    for name in own:
-        counts[name] = counts.get(name, 0) + 1
-    seen = {name for row in visible for name in spans(row)}
+def _covered_share(entries: Sequence[bytes], hit: Callable[[bytes], bool]) -> float:
+    """The fraction of reasoning tokens inside a stretch whose name ``hit`` accepts."""
     tokens = len(entries) + SKETCH_NGRAM - 1
-    covered = bytearray(tokens)
-    for start, name in enumerate(own):
-        if counts[name] > 1 or name in seen:
+    covered = bytearray(max(tokens, 0))
+    for start, name in enumerate(_span_names(entries)):
+        if hit(name):
             covered[start : start + SPAN_TOKENS] = b"\x01" * SPAN_TOKENS
-    return sum(covered) / tokens
+    return sum(covered) / tokens if tokens > 0 else 0.0
+
+
+def repeated_spans(entries: Sequence[bytes]) -> float:
+    """The ``repeated_spans`` statistic (module docstring) from the sketch's entries."""
+    counts: dict[bytes, int] = {}
+    for name in _span_names(entries):
+        counts[name] = counts.get(name, 0) + 1
+    return _covered_share(entries, lambda name: counts[name] > 1)
+
+
+def copied_spans(entries: Sequence[bytes], source: Sequence[bytes]) -> float:
+    """The ``copied_prompt`` / ``copied_answer`` statistic: stretches found in ``source`` (the
+    prompt's or answer's entries under the same key)."""
+    seen = set(_span_names(source))
+    return _covered_share(entries, seen.__contains__)
 
 
 @dataclass(frozen=True)
@@ -501,7 +544,12 @@ _MIN_SPREAD: Final = 1e-3
 #: and most safety traces repeat nothing, but sampled text is occasionally non-canonical and
 #: honest reasoning does restate itself: one odd run in ~30, or a few percent of repeated
 #: text, must not fail an audit on its own.
-_SPREAD_FLOORS: Final[Mapping[str, float]] = {"noncanonical_runs": 0.03, "repeated_spans": 0.02}
+_SPREAD_FLOORS: Final[Mapping[str, float]] = {
+    "noncanonical_runs": 0.03,
+    "repeated_spans": 0.02,
+    "copied_prompt": 0.02,
+    "copied_answer": 0.02,
+}
 
 
 def fit_thresholds(honest: Sequence[Mapping[str, float]], *, fpr_target: float) -> Thresholds:

@@ -2,7 +2,9 @@
 
 An adapter says how to recognise a client, which methods to record (:class:`CallSite`: an
 attribute path such as ``("chat", "completions")`` and a method name), how to adjust a
-request before it is sent, and how to read what was billed from a response or a stream. It
+request before it is sent, how to read what was billed from a response or a stream, and, for
+calls a provider's CoIn offer can come with, the prompt and answer its head binds
+(:class:`CoinTexts`). It
 reads the JSON bodies (``dict``), never the SDK's objects, so adapters stay pure and testable;
 :mod:`tallystick.sdk.wrap` does the patching, timing, hashing, pricing and recording.
 
@@ -22,6 +24,7 @@ __all__ = [
     "ADAPTERS",
     "Adapter",
     "CallSite",
+    "CoinTexts",
     "Observation",
     "PreparedRequest",
     "StreamReader",
@@ -76,6 +79,21 @@ class StreamReader(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class CoinTexts:
+    """The texts a CoIn head binds for one call site's calls (coin.md §4.3).
+
+    Both MUST give exactly what the provider committed to: for chat requests,
+    :func:`tallystick.verifier.coin.prompt_text` of the messages and the delivered content.
+    """
+
+    #: The prompt of a request's keyword arguments.
+    #: :raises MalformedInput: messages :func:`~tallystick.verifier.coin.prompt_text` refuses.
+    prompt: Callable[[Mapping[str, Any]], str]
+    #: The answer of a whole response body; None when it has no single text answer.
+    answer: Callable[[Mapping[str, Any]], str | None]
+
+
+@dataclass(frozen=True, slots=True)
 class CallSite:
     """One recorded method: ``client.<path...>.<method>``."""
 
@@ -89,6 +107,8 @@ class CallSite:
     read_response: Callable[[Mapping[str, Any]], Observation]
     #: A fresh reader for one streamed call.
     stream_reader: Callable[[PreparedRequest], StreamReader]
+    #: The texts of a non-streamed call's CoIn offer; None: this site's calls are not audited.
+    coin: CoinTexts | None = None
 
 
 class Adapter(Protocol):

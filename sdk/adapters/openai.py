@@ -4,6 +4,9 @@ Chat streams carry usage only when the request sets ``stream_options.include_usa
 the caller did not, :func:`_prepare_chat` sets it and the usage-only chunk (empty ``choices``)
 is hidden from the caller. Responses streams carry the final usage in ``response.completed``
 (or ``response.incomplete`` / ``response.failed``).
+
+Only non-streamed chat completions are CoIn-audited (:data:`_CHAT_COIN`): the head binds
+``prompt_text(messages)`` and the content of the one choice.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
+from tallystick.verifier.coin import prompt_text
 from tallystick.verifier.usage import from_openai_chat, from_openai_responses
 
-from . import CallSite, Observation, PreparedRequest
+from . import CallSite, CoinTexts, Observation, PreparedRequest
 
 __all__ = ["OPENAI", "OpenAIAdapter"]
 
@@ -61,6 +65,30 @@ def _read_chat(body: Mapping[str, Any]) -> Observation:
         service_tier=_str(body.get("service_tier")),
         visible_text=tuple(_chat_texts(body.get("choices"), "message")),
     )
+
+
+def _message_json(message: Any) -> Any:
+    """A message as its JSON object: the SDK's own message objects are accepted as input."""
+    to_dict = getattr(message, "to_dict", None)
+    return to_dict() if callable(to_dict) else message
+
+
+def _chat_prompt(kwargs: Mapping[str, Any]) -> str:
+    messages = kwargs.get("messages")
+    if isinstance(messages, list | tuple):
+        messages = [_message_json(message) for message in messages]
+    return prompt_text(messages)
+
+
+def _chat_answer(body: Mapping[str, Any]) -> str | None:
+    choices = body.get("choices")
+    texts = _chat_texts(choices, "message")
+    if not isinstance(choices, list) or len(choices) != 1 or len(texts) != 1:
+        return None
+    return texts[0]
+
+
+_CHAT_COIN: Final = CoinTexts(prompt=_chat_prompt, answer=_chat_answer)
 
 
 class _ChatStreamReader:
@@ -154,7 +182,13 @@ class OpenAIAdapter:
     provider: str = _PROVIDER
     call_sites: tuple[CallSite, ...] = (
         CallSite(
-            ("chat", "completions"), "create", "chat", _prepare_chat, _read_chat, _ChatStreamReader
+            ("chat", "completions"),
+            "create",
+            "chat",
+            _prepare_chat,
+            _read_chat,
+            _ChatStreamReader,
+            coin=_CHAT_COIN,
         ),
         CallSite(
             ("responses",),

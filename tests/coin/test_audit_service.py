@@ -189,9 +189,9 @@ def test_audit_commitment_runs_begin_open_finish(
 ) -> None:
     asked: list[tuple[int, ...]] = []
 
-    def opener(indices: tuple[int, ...]) -> list[Opening]:
+    def opener(indices: tuple[int, ...]) -> tuple[list[Opening], bytes]:
         asked.append(indices)
-        return provider.commitment.open(indices)
+        return provider.commitment.answer_challenge(indices)
 
     with Client(sidecar.address("bob"), policy=policy) as client:
         verdict = audit_commitment(
@@ -202,7 +202,6 @@ def test_audit_commitment_runs_begin_open_finish(
             answer=provider.answer,
             sketch=provider.commitment.sketch,
             opener=opener,
-            sketch_key_from=lambda challenge: provider.commitment.sketch_key,
         )
 
     assert isinstance(verdict, CoinVerdict) and verdict.consistent

@@ -26,9 +26,11 @@ from tallystick.daemon.coin.semantic import (
     Calibration,
     Measurements,
     Thresholds,
+    copied_spans,
     fit_thresholds,
     measure,
     noncanonical_runs,
+    rare_tokens,
     repeated_spans,
     wilson_interval,
 )
@@ -76,12 +78,9 @@ def _opened(
     return commitment.open(challenge_indices(bytes(32), len(ids), 256, k, RUN_LENGTH))
 
 
-def _visible_entries(tokenizer: Tokenizer, trace: dict[str, Any]) -> list[list[bytes]]:
-    """The prompt's and the answer's sketch entries, as the auditor hashes them."""
-    return [
-        ngram_entries(KEY, tokenizer.encode(trace["prompt"])),
-        ngram_entries(KEY, tokenizer.encode(trace["answer"])),
-    ]
+def _entries(tokenizer: Tokenizer, text: str) -> list[bytes]:
+    """A visible text's sketch entries, as the auditor hashes them."""
+    return ngram_entries(KEY, tokenizer.encode(text))
 
 
 def _measure(
@@ -107,7 +106,8 @@ def _measure(
         answer_embedding=answer_vec,
         visible_ids=visible,
         sketch_entries=ngram_entries(KEY, reasoning_ids),
-        visible_entries=_visible_entries(tokenizer, trace),
+        prompt_entries=_entries(tokenizer, trace["prompt"]),
+        answer_entries=_entries(tokenizer, trace["answer"]),
         length_z=length_z,
     )
 
@@ -281,7 +281,10 @@ def _fake(length_z: float) -> Measurements:
         fingerprint={0: 0.0},
         visible_vocab=0.0,
         noncanonical_runs=0.0,
+        rare_tokens=0.0,
         repeated_spans=0.0,
+        copied_prompt=0.0,
+        copied_answer=0.0,
         length_z=length_z,
     )
 
@@ -296,7 +299,8 @@ def test_measure_refuses_an_empty_audit(engine: EmbeddingEngine, tokenizer: Toke
             answer_embedding=np.zeros(384, dtype=np.float32),
             visible_ids=frozenset(),
             sketch_entries=[],
-            visible_entries=[],
+            prompt_entries=[],
+            answer_entries=[],
             length_z=0.0,
         )
     assert info.value.code == "coin.audit_incomplete"
@@ -402,7 +406,13 @@ def test_noncanonical_runs_flags_tokenization_ambiguity(
 
 
 def _spans(tokenizer: Tokenizer, trace: dict[str, Any], reasoning_ids: Sequence[int]) -> float:
-    return repeated_spans(ngram_entries(KEY, reasoning_ids), _visible_entries(tokenizer, trace))
+    """The larger of the three stretch statistics: repeated, copied from prompt or answer."""
+    entries = ngram_entries(KEY, reasoning_ids)
+    return max(
+        repeated_spans(entries),
+        copied_spans(entries, _entries(tokenizer, trace["prompt"])),
+        copied_spans(entries, _entries(tokenizer, trace["answer"])),
+    )
 
 
 def test_repeated_spans_is_zero_without_repeats_and_high_on_self_copies(
@@ -411,8 +421,8 @@ def test_repeated_spans_is_zero_without_repeats_and_high_on_self_copies(
     assert SPAN_TOKENS == 32 == 4 * SKETCH_NGRAM
     ids = tokenizer.encode(safety_trace["reasoning"])
     assert _spans(tokenizer, safety_trace, ids) == 0.0
-    assert repeated_spans([], []) == 0.0
-    assert repeated_spans(ngram_entries(KEY, ids[: SPAN_TOKENS - 1]), []) == 0.0
+    assert repeated_spans([]) == 0.0 and copied_spans([], []) == 0.0
+    assert repeated_spans(ngram_entries(KEY, ids[: SPAN_TOKENS - 1])) == 0.0
     for trace in (safety_trace, short_traces[2]):
         source = AttackSource(trace["prompt"], trace["reasoning"], trace["answer"])
         copied = inflate(
@@ -439,9 +449,13 @@ def test_repeated_spans_sees_a_stretch_copied_from_the_answer(
     # Where the tokens after the copy differ from the answer's next one, so it stays 40 long.
     at = next(p for p in range(len(ids) // 2, len(ids)) if ids[p] != answer[40])
     padded = _insert(ids, at, stretch)
-    assert _spans(tokenizer, trace, padded) == pytest.approx(40 / len(padded))
-    # Only the answer's entries see it: the reasoning itself does not repeat.
-    assert repeated_spans(ngram_entries(KEY, padded), []) == 0.0
+    entries = ngram_entries(KEY, padded)
+    assert copied_spans(entries, _entries(tokenizer, trace["answer"])) == pytest.approx(
+        40 / len(padded)
+    )
+    # Only the answer's entries see it: the reasoning itself does not repeat, nor the prompt.
+    assert repeated_spans(entries) == 0.0
+    assert copied_spans(entries, _entries(tokenizer, trace["prompt"])) == 0.0
 
 
 @pytest.mark.parametrize(("length", "counted"), [(31, False), (32, True), (45, True)])
@@ -535,3 +549,15 @@ def test_unknown_attacks_and_empty_sources_are_typed_errors(tokenizer: Tokenizer
     with pytest.raises(MalformedInput) as info:
         inflate(source, "splice_same_domain", 1.0, tokenizer=tokenizer, rng=rng)
     assert info.value.code == "coin.attack_source_empty"
+
+
+def test_rare_tokens_separates_reasoning_from_random_ids(
+    tokenizer: Tokenizer, dev_traces: list[dict[str, Any]]
+) -> None:
+    assert rare_tokens([]) == 0.0
+    shares = [rare_tokens(tokenizer.encode(trace["reasoning"])) for trace in dev_traces]
+    # Honest reasoning is mostly early-merge tokens (dev: median ~5%, max 13.4%) ...
+    assert float(np.median(shares)) < 0.08 and max(shares) < 0.2
+    # ... while uniformly random ids land at or past RARE_TOKEN_ID ~70% of the time.
+    random_ids = np.random.default_rng(9).integers(0, 100_000, size=5000).tolist()
+    assert 0.65 < rare_tokens(random_ids) < 0.75

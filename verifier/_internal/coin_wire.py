@@ -420,9 +420,8 @@ def _remote_error(body: bytes) -> tuple[str | None, str]:
 
 class HttpOpener:
     """The auditor's side of ``openings_url``:
-    ``opener(indices) -> (list[Opening], sketch_key)``, the shape ``Auditor.audit`` calls;
-    :meth:`open` is the same request returning the openings only, for callers that take the
-    sketch key separately (then read :attr:`sketch_key`).
+    ``opener(indices) -> (list[Opening], sketch_key)``, the shape ``Auditor.audit`` and the
+    SDK's ``audit_commitment`` call.
 
     Each call POSTs ``{"request_id", "indices"}`` as JSON and parses the answer with
     :func:`openings_from_json` (at most :data:`MAX_OPENINGS_BYTES`). Redirects are never
@@ -433,9 +432,7 @@ class HttpOpener:
                                 sketch=offer.sketch, opener=HttpOpener(offer, request_id),
                                 prompt=prompt_text(messages), answer=answer)
 
-        opener = HttpOpener(offer, request_id)                  # with the SDK's sidecar audit
-        audit_commitment(client, ..., opener=opener.open,
-                         sketch_key_from=lambda challenge: opener.sketch_key)
+        audit_commitment(client, ..., opener=HttpOpener(offer, request_id))  # through the SDK
 
     **Parameters:**
 
@@ -448,7 +445,7 @@ class HttpOpener:
         is not positive (``coin.input_invalid``).
     """
 
-    __slots__ = ("_opener", "request_id", "sketch_key", "timeout", "url")
+    __slots__ = ("_opener", "request_id", "timeout", "url")
 
     def __init__(
         self,
@@ -470,8 +467,6 @@ class HttpOpener:
         self.url: str = url
         self.request_id = request_id
         self.timeout = float(timeout)
-        #: The sketch key the provider revealed with the latest openings (None before).
-        self.sketch_key: bytes | None = None
         self._opener = urllib.request.build_opener(_RefuseRedirects())
 
     def __repr__(self) -> str:
@@ -508,14 +503,7 @@ class HttpOpener:
             document = parse_json(body, max_bytes=MAX_OPENINGS_BYTES)
         except MalformedInput as exc:
             raise _response_error(f"not JSON ({exc.code})") from exc
-        openings, self.sketch_key = openings_from_json(document)
-        return openings, self.sketch_key
-
-    def open(self, indices: Sequence[int]) -> list[Opening]:
-        """The openings of ``indices`` alone; the key revealed with them is then
-        :attr:`sketch_key`. Raises what calling the opener raises."""
-        openings, _ = self(indices)
-        return openings
+        return openings_from_json(document)
 
     def _post(self, request: urllib.request.Request) -> bytes:
         where = f"openings: {self.url}"
