@@ -4,7 +4,10 @@ An agent that received an answer with a provider's signed commitment head asks i
 audit it, in two calls on the agent's own socket (any identified agent, as for ``Ledger``):
 
 1. ``BeginAudit``: the head is verified against the delivered prompt and answer (nothing is
-   written when it does not verify); the head entry is appended, and only once it is durable is
+   written when it does not verify) and countersigned with the log key (coin.md §4.3: the
+   logged head, the challenge seed and the evidence all use the countersigned note, so
+   ``tallystick audit verify --log-key`` ties the audit to this log); the head entry is
+   appended, and only once it is durable is
    the auditor nonce drawn (``os.urandom``), so the provider cannot have known the challenge
    when it signed; the challenge entry is appended; the challenged indices are returned.
 2. ``FinishAudit``: the provider's openings (and its sketch key) are checked and judged by
@@ -62,7 +65,8 @@ from google.protobuf.message import Message
 from tallystick.proto import audit_pb2
 from tallystick.verifier import merkle
 from tallystick.verifier.canonical import canonicalize
-from tallystick.verifier.coin import SALT_BYTES, Leaf, Opening
+from tallystick.verifier.checkpoint import NoteVerifier
+from tallystick.verifier.coin import SALT_BYTES, Leaf, Opening, verify_head
 from tallystick.verifier.errors import MalformedInput, TallystickError
 from tallystick.verifier.logentry import MAX_ENTRY_BYTES, EntryKind
 
@@ -434,9 +438,14 @@ class CoinAuditService:
             )
         auditor = self._audits.auditor()
         log = self._audits.log
+        try:  # countersign only a head that verifies (Auditor.begin checks the rest again)
+            verify_head(request.head_note, NoteVerifier.from_vkey(request.provider_vkey))
+        except TallystickError as exc:
+            raise MalformedInput(str(exc), code=exc.code) from exc
+        head_note = log.countersign(request.head_note)
         head_body: dict[str, Any] = {
             "coin": "head",
-            "head_note": request.head_note,
+            "head_note": head_note,
             "provider_vkey": request.provider_vkey,
             "call_request_id": request.call_request_id or None,
         }
@@ -451,7 +460,7 @@ class CoinAuditService:
 
         try:
             pending = auditor.begin(
-                head_note=request.head_note,
+                head_note=head_note,
                 provider_vkey=request.provider_vkey,
                 prompt=request.prompt,
                 answer=request.answer,

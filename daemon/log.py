@@ -46,6 +46,7 @@ from tallystick.verifier.checkpoint import (
     Checkpoint,
     NoteSigner,
     NoteVerifier,
+    SignedNote,
     sign_checkpoint,
 )
 from tallystick.verifier.errors import MalformedInput, TallystickError
@@ -875,6 +876,18 @@ class Log:
     def latest_checkpoint(self) -> str:
         """The signed note text of the newest checkpoint."""
         return self._checkpoint.note
+
+    def countersign(self, note: str) -> str:
+        """``note`` with the log key's signature added to its own (a provider's CoIn head on
+        receipt, coin.md §4.3), for the caller that has verified it.
+
+        The log key also signs checkpoints; a note whose second line is not a decimal size
+        (a CoIn head's is its origin) can never be read as one.
+
+        :raises CheckpointInvalid: ``note`` is not a signed note (``note.malformed``).
+        """
+        signed = SignedNote.from_text(note)
+        return signed.with_signatures(self._signer.sign(signed.text)).to_text()
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from tallystick.sdk import AsyncClient, Client, CoinVerdict, audit_commitment
 from tallystick.sdk.client import Policy
 from tallystick.sdk.errors import REASON_KEY, SidecarRejected
 from tallystick.verifier._cli import EXIT_OK, main
-from tallystick.verifier.checkpoint import NoteSigner
+from tallystick.verifier.checkpoint import NoteSigner, NoteVerifier, SignedNote
 from tallystick.verifier.coin import Opening, verify_evidence
 from tallystick.verifier.errors import MalformedInput
 
@@ -146,9 +146,18 @@ def test_honest_commitment_is_consistent_and_logged_in_order(
     assert challenge.head_entry_index == start
     assert challenge.challenge_entry_index == start + 1
     assert verdict.verdict_entry_index == start + len(entries) - 1
+    # The logged head is the provider's note countersigned by the log key (coin.md §4.3).
+    assert sidecar.daemon is not None
+    log_key = NoteVerifier.from_vkey(sidecar.daemon.log.vkey)
+    logged = SignedNote.from_text(head["head_note"])
+    provided = SignedNote.from_text(provider.commitment.head_note)
+    assert logged.text == provided.text
+    assert logged.signatures[:-1] == provided.signatures
+    assert logged.signatures[-1].name == sidecar.daemon.log.origin
+    logged.verify([log_key], required=[log_key.name])
     assert head == {
         "coin": "head",
-        "head_note": provider.commitment.head_note,
+        "head_note": head["head_note"],
         "provider_vkey": provider.vkey,
         "call_request_id": "call-7",
     }
@@ -171,10 +180,12 @@ def test_honest_commitment_is_consistent_and_logged_in_order(
     assert parts and all(part["coin"] == "evidence" for part in parts)
     # The logged evidence is exactly what the agent got, and it re-verifies offline.
     assert _evidence_of(sidecar, verdict.verdict_entry_index) == verdict.evidence
-    assert verify_evidence(verdict.evidence).consistent
+    assert verify_evidence(verdict.evidence, log_key=log_key).consistent
     evidence_file = tmp_path / "evidence.json"
     evidence_file.write_bytes(verdict.evidence)
     assert main(["audit", "verify", str(evidence_file), "--provider-key", provider.vkey]) == EXIT_OK
+    tied = ["audit", "verify", str(evidence_file), "--log-key", sidecar.daemon.log.vkey]
+    assert main(tied) == EXIT_OK
 
     # Neither prompt nor answer (nor, of course, the reasoning) reached the database.
     stored = b"".join(path.read_bytes() for path in sidecar.data_dir.glob("tallystick.sqlite3*"))

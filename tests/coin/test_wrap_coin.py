@@ -30,7 +30,7 @@ from tallystick.sdk.background import BackgroundRecorder
 from tallystick.sdk.client import Policy
 from tallystick.sdk.coin import CoinVerdict
 from tallystick.sdk.wrap import CoinAuditor, CoinAuditOutcome, wrap
-from tallystick.verifier.checkpoint import NoteSigner
+from tallystick.verifier.checkpoint import NoteSigner, SignedNote
 from tallystick.verifier.coin import CoinOffer, prompt_text, verify_evidence, verify_head
 
 from demo.llm_server import LLMServer, load_traces
@@ -139,6 +139,12 @@ def policy(tmp_path: Path) -> Policy:
     return Policy(spool_dir=tmp_path / "spool", retry_in_background=False, timeout_s=5)
 
 
+def _countersigned(logged: str, offered: str) -> bool:
+    """The logged head is the offered note with the log's signature added (coin.md §4.3)."""
+    mine, theirs = SignedNote.from_text(logged), SignedNote.from_text(offered)
+    return mine.text == theirs.text and mine.signatures[:-1] == theirs.signatures
+
+
 def _openai(server: LLMServer, wire: _Wire | None = None) -> openai.OpenAI:
     http_client = httpx.Client(event_hooks={"response": [wire.on_response] if wire else []})
     return openai.OpenAI(
@@ -197,7 +203,7 @@ def test_an_offered_call_is_recorded_then_audited(
 
     # The head is the provider's commitment to this very response.
     offer = CoinOffer.from_response(json.loads(raw))
-    assert offer is not None and head["head_note"] == offer.head_note
+    assert offer is not None and _countersigned(head["head_note"], offer.head_note)
     committed = verify_head(
         offer.head_note,
         signer.verifier,
@@ -303,7 +309,7 @@ def test_audit_offer_async_audits_an_offer(
         for entry in sidecar.entries(0)
         if entry.kind.value == "audit" and entry.body.get("call_request_id") == "call-9"
     ]
-    assert head["head_note"] == offer.head_note
+    assert _countersigned(head["head_note"], offer.head_note)
 
 
 # -- a broken offer ------------------------------------------------------------------------------
