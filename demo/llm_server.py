@@ -13,9 +13,12 @@ message. Cached input is always 0. The response model is the request model, or i
 snapshot when :data:`SNAPSHOTS` names one (as OpenAI answers).
 
 The server keeps its own invoice (:meth:`LLMServer.invoice_rows`), priced with
-:class:`tallystick.verifier.pricing.PriceTable`, and can be made to cheat:
+:class:`tallystick.verifier.pricing.PriceTable`, and can be made to cheat in two ways:
 :meth:`LLMServer.overbill` adds hidden reasoning tokens (output and reasoning both) to one
-billed call. Three invoice formats, the input of ``tallystick billing reconcile``:
+billed call on the invoice only, and :meth:`LLMServer.inflate_reasoning` pads one call's hidden
+reasoning with copies of itself and bills the padded count everywhere (the usage in the
+response, the invoice and, for a cooperating provider, the commitment), so that only a CoIn
+audit can tell. Three invoice formats, the input of ``tallystick billing reconcile``:
 
 1. **Per-request CSV** (:meth:`LLMServer.write_csv`), one row per call, header::
 
@@ -110,6 +113,9 @@ _DAY: Final = 86_400
 _COMMIT_PATH: Final = "/coin/v1/commit"
 #: Seconds a commit may take: the provider embeds the reasoning (a cold cache takes longest).
 _COMMIT_TIMEOUT_S: Final = 300.0
+#: Tokens per CoIn block (``tallystick.daemon.coin.provider.DEFAULT_BLOCK_SIZE``): what
+#: :meth:`LLMServer.inflate_reasoning` repeats whole.
+_BLOCK_TOKENS: Final = 256
 
 _log = logging.getLogger(__name__)
 
@@ -210,6 +216,23 @@ def _pieces(text: str) -> list[str]:
     return [text[i : i + _CHUNK_CHARS] for i in range(0, len(text), _CHUNK_CHARS)] or [""]
 
 
+def _inflated(trace: Trace, encoding: Any, block_tokens: int) -> Trace:
+    """``trace`` with its reasoning's whole blocks of ``block_tokens`` tokens written twice
+    (all of it when it is shorter than a block), and its reasoning count the padded text's."""
+    ids = encoding.encode_ordinary(trace.reasoning)
+    end = len(ids) // block_tokens * block_tokens or len(ids)
+    copy = encoding.decode(ids[:end])
+    while end and not trace.reasoning.startswith(copy):  # a block edge inside a character
+        end -= 1
+        copy = encoding.decode(ids[:end])
+    reasoning = copy + trace.reasoning
+    return replace(
+        trace,
+        reasoning=reasoning,
+        reasoning_tokens=len(encoding.encode_ordinary(reasoning)),
+    )
+
+
 class LLMServer:
     """The server, in a background thread on ``127.0.0.1`` (port 0: a free one).
 
@@ -240,6 +263,7 @@ class LLMServer:
         self._clock = clock
         self._lock = threading.Lock()
         self._invoice: dict[str, InvoiceRow] = {}
+        self._inflate: dict[str, int] = {}  # prompt -> block size, for one call each
         self._http = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._http.daemon_threads = True
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
@@ -301,6 +325,25 @@ class LLMServer:
             )
             self._invoice[request_id] = row
             return row
+
+    def inflate_reasoning(self, prompt: str, *, block_tokens: int = _BLOCK_TOKENS) -> None:
+        """Pad the hidden reasoning of the next non-streamed chat completion whose last user
+        message is ``prompt``, and bill the padding honestly.
+
+        The reasoning that call answers with gets its whole blocks of ``block_tokens`` tokens
+        written twice (the first blocks copied in front: the ``duplicate_blocks`` attack of
+        :mod:`tallystick.daemon.coin.attacks` at an inflation ratio of about 1); a reasoning
+        shorter than a block is written twice whole. The padded count is what the response's
+        usage, the invoice and the CoIn commitment all say, so the bill agrees with the log and
+        only an audit of the commitment shows the copies. Later calls with ``prompt`` are
+        answered as usual.
+
+        :raises ValueError: ``block_tokens`` is not positive.
+        """
+        if block_tokens <= 0:
+            raise ValueError("inflate_reasoning: block_tokens must be positive")
+        with self._lock:
+            self._inflate[prompt] = block_tokens
 
     def write_csv(self, path: Path) -> None:
         """The per-request CSV invoice (columns :data:`tallystick.verifier.invoice.CSV_COLUMNS`)."""
@@ -403,7 +446,7 @@ class LLMServer:
         return replace(row, cost_usd=None if cost is None else cost.amount)
 
     def _bill(
-        self, provider: str, body: Mapping[str, Any], prefix: str
+        self, provider: str, body: Mapping[str, Any], prefix: str, *, may_inflate: bool = False
     ) -> tuple[InvoiceRow, Trace]:
         messages = _messages(body)
         requested = body.get("model")
@@ -417,9 +460,15 @@ class LLMServer:
         last_user = next(
             (m for m in reversed(messages) if m.get("role") == "user"), {"content": ""}
         )
-        trace = self._by_prompt.get("".join(_texts(last_user.get("content"))))
+        asked = "".join(_texts(last_user.get("content")))
+        trace = self._by_prompt.get(asked)
         if trace is None:
             trace = self._traces[next(self._next) % len(self._traces)]
+        if may_inflate and self._inflate:
+            with self._lock:
+                block_tokens = self._inflate.pop(asked, None)
+            if block_tokens is not None:
+                trace = _inflated(trace, self._encoding, block_tokens)
         row = self._priced(
             InvoiceRow(
                 request_id=f"{prefix}{uuid.uuid4().hex}",
@@ -439,7 +488,9 @@ class LLMServer:
 
     def chat(self, body: Mapping[str, Any]) -> tuple[str, bytes]:
         """``/v1/chat/completions``: (content type, body). :raises ValueError: a bad request."""
-        row, trace = self._bill("openai", body, "chatcmpl-")
+        row, trace = self._bill(
+            "openai", body, "chatcmpl-", may_inflate=body.get("stream") is not True
+        )
         usage = {
             "prompt_tokens": row.input_tokens,
             "completion_tokens": row.output_tokens,
