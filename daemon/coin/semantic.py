@@ -71,7 +71,6 @@ from tallystick.verifier.coin import (
     BlockCheck,
     LengthPrior,
     Opening,
-    quantize,
 )
 from tallystick.verifier.errors import MalformedInput
 
@@ -208,6 +207,7 @@ def measure(
         raise MalformedInput("semantic checks: nothing was opened", code="coin.audit_incomplete")
     token_ids = [opening.token_id for opening in openings]
     recomputed = engine.token_embeddings(tokenizer, token_ids)
+    expected_fps = engine.token_fingerprints(tokenizer, token_ids)  # quantized once per id
     by_block: dict[int, list[int]] = {}
     for row, opening in enumerate(openings):
         by_block.setdefault(opening.leaf.block_index, []).append(row)
@@ -222,7 +222,7 @@ def measure(
             if openings[row].leaf.block_fp != committed:
                 worst = _BLOCK_FP_DISAGREES
                 break
-            expected = _int8(quantize(recomputed[row].tolist()))
+            expected = _int8(expected_fps[row])
             distance = np.abs(_int8(openings[row].leaf.token_fp) - expected).max()
             worst = max(worst, float(distance))
         fingerprint[j] = worst
