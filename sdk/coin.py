@@ -46,15 +46,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tallystick.proto import audit_pb2
-from tallystick.verifier.checkpoint import SignedNote
 from tallystick.verifier.coin import (
     DEFAULT_OPEN_TIMEOUT_S,
     CoinOffer,
-    CommitmentHead,
     HttpOpener,
     Opening,
+    parse_head,
 )
-from tallystick.verifier.errors import CheckpointInvalid, MalformedInput
 
 if TYPE_CHECKING:
     from .client import AsyncClient, Client
@@ -154,11 +152,7 @@ def head_request_id(head_note: str) -> str:
     :raises MalformedInput: not a signed note carrying a v1 head (``coin.head_malformed``).
     :raises UnsupportedVersion: another head format (``coin.head_version``).
     """
-    try:
-        text = SignedNote.from_text(head_note).text
-    except (CheckpointInvalid, TypeError) as exc:
-        raise MalformedInput("head: not a signed note", code="coin.head_malformed") from exc
-    return CommitmentHead.from_text(text).request_id
+    return parse_head(head_note).request_id
 
 
 def audit_offer(

@@ -40,7 +40,7 @@ from .coin_challenge import (
     sample_size,
     verify_opening,
 )
-from .coin_head import CommitmentHead, challenge_seed, verify_head
+from .coin_head import CommitmentHead, challenge_seed, parse_head, verify_head
 from .coin_sketch import SKETCH_KEY_BYTES, SketchMismatch, verify_sketch
 from .coin_wire import opening_from_json, opening_to_json
 from .encoding import b64_decode, b64_encode
@@ -292,10 +292,7 @@ class Evidence:
 
         :raises MalformedInput: a head note that does not parse (``coin.head_malformed``).
         """
-        try:
-            head = CommitmentHead.from_text(SignedNote.from_text(head_note).text)
-        except CheckpointInvalid as exc:
-            raise MalformedInput(f"head: {exc}", code="coin.head_malformed") from exc
+        head = parse_head(head_note)
         verdict = derive_verdict(head, challenge, openings, checks, length_prior, fpr_at_threshold)
         return cls(
             head_note,

@@ -293,6 +293,16 @@ def _parse_note(note: object) -> SignedNote:
         raise _malformed(f"not a signed note: {exc}") from exc
 
 
+def parse_head(note: str) -> CommitmentHead:
+    """The head a signed note carries, WITHOUT checking any signature: for reading fields of a
+    head that is verified elsewhere (or about to be), never for trusting them.
+
+    :raises MalformedInput: not a signed note carrying a v1 head (``coin.head_malformed``).
+    :raises UnsupportedVersion: another head format (``coin.head_version``).
+    """
+    return CommitmentHead.from_text(_parse_note(note).text)
+
+
 def verify_head(
     note: str,
     verifier: NoteVerifier,
@@ -365,6 +375,5 @@ def challenge_seed(head_note: str, auditor_nonce: bytes) -> bytes:
             f"challenge: nonce must be {MIN_NONCE_BYTES} to {MAX_NONCE_BYTES} bytes",
             code="coin.bad_nonce",
         )
-    text = _parse_note(head_note).text
-    CommitmentHead.from_text(text)
+    text = parse_head(head_note).to_text()  # the canonical text is the signed text
     return hashlib.sha256(b"coin/challenge/v1" + text.encode("utf-8") + auditor_nonce).digest()
