@@ -120,6 +120,9 @@ def _is_json_literal(spec: str) -> bool:
     return spec.lstrip().startswith("{")
 
 
+# One base64url Ed25519 public key in 64 begins with "-", which argparse reads as an option.
+_DASH_LEADING_KEY = re.compile(r"-[A-Za-z0-9_-]{42}")
+_PUBLIC_KEY_OPTIONS = frozenset({"--log-key", "--public-key"})
 _AIP_TOKEN_TEXT = re.compile(r"[A-Za-z0-9_\-.~=+/]{32,}")
 
 
@@ -942,10 +945,21 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_USAGE)
 
 
+def _attach_dash_leading_keys(argv: Sequence[str]) -> list[str]:
+    """Write ``--log-key -Abc…`` as ``--log-key=-Abc…``, so that a key pastes as it prints."""
+    words: list[str] = []
+    for word in argv:
+        if words and words[-1] in _PUBLIC_KEY_OPTIONS and _DASH_LEADING_KEY.fullmatch(word):
+            words[-1] += "=" + word
+        else:
+            words.append(word)
+    return words
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_dash_leading_keys(sys.argv[1:] if argv is None else argv))
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -384,10 +384,19 @@ def test_checkpoint_prints_the_signed_note_exactly(
     assert shown["checkpoint"] == served.daemon.log.latest_checkpoint()
 
 
+def _public_key_text(*, dash_leading: bool) -> str:
+    """A new key's base64url text; one in 64 begins with "-", which argparse reads as an option."""
+    while True:
+        text = PrivateKey.generate().public_key.to_b64url()
+        if text.startswith("-") == dash_leading:
+            return text
+
+
+@pytest.mark.parametrize("dash_leading", [False, True], ids=["plain", "dash-leading"])
 def test_a_checkpoint_signed_by_another_key_is_rejected(
-    served: RunningDaemon, filled: int, capsys: pytest.CaptureFixture[str]
+    served: RunningDaemon, filled: int, capsys: pytest.CaptureFixture[str], dash_leading: bool
 ) -> None:
-    other = PrivateKey.generate().public_key.to_b64url()
+    other = _public_key_text(dash_leading=dash_leading)
     for command in (
         ["checkpoint"],
         ["proof", "--index", "0", "--size", "1"],
@@ -395,7 +404,7 @@ def test_a_checkpoint_signed_by_another_key_is_rejected(
     ):
         argv = ["log", *command, "--daemon", served.shared, "--log-key", other]
         code, out, err = run(capsys, *argv)
-        assert (code, out) == (1, ""), command
+        assert (code, out) == (1, ""), (command, err)
         assert "rejected: checkpoint: checkpoint.no_known_signature" in err
 
 
