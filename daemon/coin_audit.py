@@ -31,8 +31,11 @@ be (65,535 bytes, a C2SP tile bundle's limit: a few dozen openings of about 2 KB
 exceed it), so it is cut into ``evidence_parts`` entries, appended with the verdict in one
 atomic batch: the parts are the entries immediately before the verdict, and their
 ``evidence_json`` strings, joined in order, are the exact evidence bytes, whose SHA-256 the
-verdict records (:func:`join_evidence`). A failed protocol step (a bad opening, a sketch that
-does not match) has no evidence: ``error_code`` says which check, and ``evidence_parts`` is 0.
+verdict records. The verifier owns this layout (:func:`~tallystick.verifier.coin.evidence_parts`,
+:func:`~tallystick.verifier.coin.join_evidence`, re-exported here), and ``tallystick audit
+verify-log`` re-checks every audit logged in a bundle. A failed protocol step (a bad opening, a
+sketch that does not match) has no evidence: ``error_code`` says which check, and
+``evidence_parts`` is 0.
 The provider's n-gram sketch is not in the head entry: the head note binds its SHA-256, and the
 evidence carries the sketch and its key.
 
@@ -55,7 +58,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -64,11 +67,19 @@ import structlog
 from google.protobuf.message import Message
 from tallystick.proto import audit_pb2
 from tallystick.verifier import merkle
-from tallystick.verifier.canonical import canonicalize
 from tallystick.verifier.checkpoint import NoteVerifier
-from tallystick.verifier.coin import SALT_BYTES, Leaf, Opening, verify_head
+from tallystick.verifier.coin import (
+    EVIDENCE_PART_BUDGET,
+    SALT_BYTES,
+    Leaf,
+    Opening,
+    evidence_parts,
+    indices_sha256,
+    join_evidence,
+    verify_head,
+)
 from tallystick.verifier.errors import MalformedInput, TallystickError
-from tallystick.verifier.logentry import MAX_ENTRY_BYTES, EntryKind
+from tallystick.verifier.logentry import EntryKind
 
 from .identity import Caller
 from .log import Log
@@ -111,10 +122,6 @@ NONCE_BYTES: Final = 32
 MAX_CALL_REQUEST_ID: Final = 256
 #: The engine's per-token cache folder, under the data directory.
 CACHE_DIR_NAME: Final = "coin-cache"
-#: Canonical JSON bytes of one part's ``evidence_json`` string at most: an entry may hold
-#: MAX_ENTRY_BYTES, and 2 KiB is left for the entry's other members (agent ids are <= 64
-#: characters, indexes and times <= 16 digits).
-EVIDENCE_PART_BUDGET: Final = MAX_ENTRY_BYTES - 2048
 
 _logger = structlog.get_logger("tallystickd.coin")
 
@@ -141,69 +148,6 @@ def _request_malformed(message: str) -> MalformedInput:
 
 
 # -- log bodies -----------------------------------------------------------------------------
-
-
-def indices_sha256(indices: Sequence[int]) -> str:
-    """Hex SHA-256 of the challenged indices as u32be, in order: the challenge entry's digest."""
-    return hashlib.sha256(b"".join(index.to_bytes(4, "big") for index in indices)).hexdigest()
-
-
-def evidence_parts(evidence: bytes, budget: int = EVIDENCE_PART_BUDGET) -> list[str]:
-    """The evidence JSON cut into strings whose canonical JSON forms fit ``budget`` bytes each.
-
-    The evidence is canonical JSON, so UTF-8; it is cut between characters, never inside one,
-    and ``"".join(parts).encode()`` gives back the exact bytes.
-    """
-    text = evidence.decode("utf-8")
-    parts: list[str] = []
-    start = 0
-    while start < len(text):
-        end = min(len(text), start + budget)
-        while (cost := len(canonicalize(text[start:end]))) > budget:
-            # Escaping makes a string longer than its characters: shrink in proportion.
-            end = start + max(1, (end - start) * budget // cost - 1)
-        parts.append(text[start:end])
-        start = end
-    return parts
-
-
-def join_evidence(verdict: Mapping[str, Any], parts: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """The evidence bytes a verdict entry's body records, from its evidence parts' bodies.
-
-    ``parts`` are the bodies of the ``verdict["evidence_parts"]`` entries just before the
-    verdict, in log order. None when the verdict has no evidence (a failed protocol step).
-
-    :raises MalformedInput: parts that are not this verdict's, out of order, or whose joined
-        bytes do not hash to ``evidence_sha256`` (``coin.evidence_parts_invalid``).
-    """
-
-    def invalid(message: str) -> MalformedInput:
-        return MalformedInput(f"evidence parts: {message}", code="coin.evidence_parts_invalid")
-
-    if verdict.get("coin") != "verdict":
-        raise invalid("not a verdict body")
-    count = verdict.get("evidence_parts")
-    if count == 0 and verdict.get("evidence_sha256") is None:
-        if parts:
-            raise invalid("a verdict without evidence has no parts")
-        return None
-    if not isinstance(count, int) or count != len(parts):
-        raise invalid(f"the verdict has {count!r} parts, {len(parts)} given")
-    texts = []
-    for number, part in enumerate(parts):
-        if (
-            part.get("coin") != "evidence"
-            or part.get("challenge_entry") != verdict.get("challenge_entry")
-            or part.get("part") != number
-            or part.get("parts") != count
-            or not isinstance(part.get("evidence_json"), str)
-        ):
-            raise invalid(f"part {number} is not part {number} of this verdict's evidence")
-        texts.append(part["evidence_json"])
-    raw = "".join(texts).encode("utf-8")
-    if hashlib.sha256(raw).hexdigest() != verdict.get("evidence_sha256"):
-        raise invalid("the joined parts do not hash to the verdict's evidence_sha256")
-    return raw
 
 
 # -- pending audits -------------------------------------------------------------------------

@@ -35,7 +35,8 @@ def test_golden_vector_files_are_exactly_what_the_generator_makes() -> None:
 def test_consistent_and_flagged_evidence_verify_offline() -> None:
     verdict = coin.verify_evidence(json.dumps(_document()))
     assert verdict.consistent and verdict.flagged == ()
-    assert verdict.k == 5 and verdict.reasoning_tokens == 10 and verdict.p_assumed == 1.0
+    # Runs of 8 from 5 anchors open all 10 leaves; the probability counts the anchors.
+    assert verdict.k == 10 and verdict.reasoning_tokens == 10 and verdict.p_assumed == 1.0
     assert verdict.detection_probability == pytest.approx(1 - 0.5**5)
     assert verdict.claims == coin.WHAT_IS_CLAIMED and verdict.not_claimed == coin.NOT_CLAIMED
     assert verdict.length_prior_z == 0.25 and verdict.fpr_at_threshold == 0.01
@@ -131,13 +132,17 @@ TWINS: dict[str, tuple[Mutation, str]] = {
     "provider-vkey-garbage": (_set("provider_vkey", "nope"), "note.bad_vkey"),
     "nonce": (_flip_b64("auditor_nonce"), "coin.challenge_mismatch"),
     "nonce-short": (_set("auditor_nonce", b64_encode(bytes(8))), "coin.bad_nonce"),
-    "challenge-k-up": (_set("challenge.k", 6), "coin.challenge_mismatch"),
+    # k = 6 opens the same 10 leaves, but its 6 anchors claim a higher detection probability.
+    "challenge-k-up": (_set("challenge.k", 6), "coin.verdict_mismatch"),
     "challenge-k-down": (_set("challenge.k", 4), "coin.challenge_undersized"),
     "challenge-fraction": (_set("challenge.fraction", 0.25), "coin.challenge_undersized"),
     "challenge-fraction-up": (_set("challenge.fraction", 0.75), "coin.verdict_mismatch"),
     "challenge-target": (_set("challenge.target", 0.99), "coin.challenge_undersized"),
     "challenge-p": (_set("challenge.per_leaf_detection", 0.5), "coin.challenge_undersized"),
     "challenge-p-range": (_set("challenge.per_leaf_detection", 1.5), "coin.evidence_malformed"),
+    "challenge-run-length": (_set("challenge.run_length", 2), "coin.challenge_mismatch"),
+    # Runs of 7 open the same 10 leaves, but cover no sketch n-gram by themselves.
+    "challenge-run-length-short": (_set("challenge.run_length", 7), "coin.runs_too_short"),
     "opening-index": (_set("openings.0.index", 3), "coin.challenge_mismatch"),
     "opening-dropped": (_edit(lambda d: d["openings"].pop()), "coin.challenge_mismatch"),
     "opening-reordered": (
@@ -252,7 +257,7 @@ def test_cli_audit_verify_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
     code, out = _run(capsys, consistent, "--json")
     result = json.loads(out)
     assert code == 0 and result["valid"] and result["consistent"] and result["code"] is None
-    assert result["verdict"]["k"] == 5
+    assert result["verdict"]["k"] == 10
     code, out = _run(capsys, str(VECTORS / "evidence-flagged.json"), "--json")
     result = json.loads(out)
     assert code == 1 and result["valid"] and not result["consistent"]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tallystick.verifier import coin
+from tallystick.verifier import _cli, coin
 from tallystick.verifier._internal.encoding import b64_decode, b64_encode
 from tallystick.verifier.checkpoint import sign_note
 from tallystick.verifier.errors import CheckpointInvalid, MalformedInput
@@ -487,7 +487,8 @@ def test_golden_evidence_carries_the_sketch_and_its_key(synthetic: golden.Synthe
     document = _vector("evidence-consistent.json")
     assert b64_decode(document["sketch"]) == synthetic.sketch
     assert b64_decode(document["sketch_key"]) == golden.SKETCH_KEY
-    assert document["challenge"]["run_length"] == 1
+    assert document["challenge"]["run_length"] == N  # the shortest a sketched head accepts
+    assert [opening["index"] for opening in document["openings"]] == list(range(10))
     assert coin.verify_evidence(json.dumps(document)).consistent
 
 
@@ -580,19 +581,98 @@ def _lying_synthetic(synthetic: golden.Synthetic, entry: int) -> golden.Syntheti
     )
 
 
-@pytest.mark.parametrize("entry", [0, 1, 2])
+@pytest.mark.parametrize(("entry", "runs_of_8_cover_it"), [(0, False), (1, False), (2, True)])
 def test_evidence_catches_a_lying_sketch_entry_only_where_runs_cover_it(
-    synthetic: golden.Synthetic, entry: int
+    synthetic: golden.Synthetic, entry: int, runs_of_8_cover_it: bool
 ) -> None:
     lying = _lying_synthetic(synthetic, entry)  # tokens entry..entry+7 lie
+    assert lying.sketch is not None
     covered = golden.evidence(lying, challenge=_challenge(10))  # a run opens all 10 leaves
     assert [opening.index for opening in covered.openings] == list(range(10))
     assert _sketch_error(covered) == "coin.sketch_mismatch"
-    # Isolated leaves cover no n-gram: the lie stands, which is why audits open runs.
-    isolated = golden.evidence(lying)
-    opened = {opening.index for opening in isolated.openings}
-    assert len(opened) == 5 and not opened.issuperset(_run(entry, 8))
-    assert coin.verify_evidence(isolated).consistent
+    # Runs of 8 from this head's anchors open leaves 2..9 (0..9 for entry 2's re-signed head):
+    # the lie is caught where they cover its n-gram, and stands (a sampling miss) elsewhere.
+    runs = golden.evidence(lying, challenge=_challenge(N))
+    opened = {opening.index for opening in runs.openings}
+    assert opened.issuperset(_run(entry, N)) == runs_of_8_cover_it
+    if runs_of_8_cover_it:
+        assert _sketch_error(runs) == "coin.sketch_mismatch"
+    else:
+        assert coin.verify_evidence(runs).consistent
+    # Isolated leaves cover no n-gram: the sketch alone cannot catch the lie ...
+    isolated = golden.evidence(lying, challenge=_challenge(1))
+    opened = [(opening.index, opening.token_id) for opening in isolated.openings]
+    assert len(opened) == 5 and not {index for index, _ in opened}.issuperset(_run(entry, 8))
+    assert coin.verify_sketch(lying.head, lying.sketch, golden.SKETCH_KEY, opened) == 0
+    # ... so evidence for a sketched head refuses such runs instead of passing it.
+    assert _runs_error(isolated) == "coin.runs_too_short"
+
+
+def _runs_error(evidence: coin.Evidence | str | bytes) -> str:
+    with pytest.raises(coin.EvidenceInvalid) as caught:
+        coin.verify_evidence(evidence)
+    return caught.value.code
+
+
+@pytest.mark.parametrize("run_length", range(1, N))
+def test_a_sketched_head_refuses_runs_shorter_than_an_ngram(
+    synthetic: golden.Synthetic, run_length: int
+) -> None:
+    evidence = golden.evidence(synthetic, challenge=_challenge(run_length))
+    assert evidence.sketch is not None and evidence.challenge.run_length == run_length
+    with pytest.raises(coin.EvidenceInvalid) as caught:
+        coin.verify_evidence(evidence)
+    assert caught.value.code == "coin.runs_too_short"
+    assert f"runs of {run_length} leaves" in str(caught.value)
+    assert f"at least {N}" in str(caught.value)
+    assert _runs_error(evidence.to_json()) == "coin.runs_too_short"
+    assert _runs_error(evidence.to_json().decode()) == "coin.runs_too_short"
+
+
+@pytest.mark.parametrize("run_length", [N, 9, 10, coin.MAX_RUN_LENGTH])
+def test_a_sketched_head_accepts_runs_of_an_ngram_or_more(
+    synthetic: golden.Synthetic, run_length: int
+) -> None:
+    evidence = golden.evidence(synthetic, challenge=_challenge(run_length))
+    assert coin.verify_evidence(evidence).consistent
+    assert coin.verify_evidence(evidence.to_json()).consistent
+
+
+@pytest.mark.parametrize("run_length", [1, 2, N - 1, N])
+def test_a_head_without_a_sketch_accepts_any_run_length(run_length: int) -> None:
+    plain = golden.evidence(
+        golden.commit(golden.TOKEN_IDS, sketched=False), challenge=_challenge(run_length)
+    )
+    assert plain.sketch is None and plain.challenge.run_length == run_length
+    assert coin.verify_evidence(plain).consistent
+    assert coin.verify_evidence(plain.to_json()).consistent
+
+
+def _cli_verify(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    try:
+        code = _cli.main(["audit", "verify", *argv])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    return code, capsys.readouterr().out
+
+
+def test_cli_refuses_a_sketched_head_with_short_runs(
+    synthetic: golden.Synthetic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = tmp_path / "short.json"
+    short.write_bytes(golden.evidence(synthetic, challenge=_challenge(1)).to_json())
+    code, out = _cli_verify(capsys, str(short))
+    assert code == 1 and out.startswith("not consistent: coin.runs_too_short: ")
+    code, out = _cli_verify(capsys, str(short), "--json")
+    result = json.loads(out)
+    assert code == 1 and not result["valid"] and not result["consistent"]
+    assert result["code"] == "coin.runs_too_short" and result["verdict"] is None
+    # The same audit over a head without a sketch passes.
+    plain = tmp_path / "plain.json"
+    plain_head = golden.commit(golden.TOKEN_IDS, sketched=False)
+    plain.write_bytes(golden.evidence(plain_head, challenge=_challenge(1)).to_json())
+    code, out = _cli_verify(capsys, str(plain))
+    assert code == 0 and out.startswith("consistent: 10 reasoning tokens committed, 5 leaves")
 
 
 @pytest.mark.parametrize("run_length", [0, 257, -1, True, 1.5, "8", None], ids=repr)

@@ -440,6 +440,77 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if consistent else EXIT_REJECTED
 
 
+def cmd_audit_verify_log(args: argparse.Namespace) -> int:
+    out = None if args.out is None else Path(args.out)
+
+    def then(log: provenance.AuditedLog, progress: Progress) -> int:
+        progress.stage("re-checking CoIn audits")
+        audits = coin.verify_log_audits(log, progress=progress.update)
+        if out is not None:
+            _write_evidence(out, audits)
+        progress.close()
+        passed = all(audit.passed for audit in audits)
+        if args.json:
+            result = {
+                "valid": True,
+                "origin": log.bundle.origin,
+                "log_size": log.size,
+                "consistent": passed,
+                "counts": _audit_counts(audits),
+                "audits": [audit.to_dict() for audit in audits],
+            }
+            print(json.dumps(result, sort_keys=True))
+        else:
+            _print_logged_audits(log, audits)
+        return EXIT_OK if passed else EXIT_REJECTED
+
+    return _with_audited_log(args, as_json=args.json, then=then)
+
+
+def _audit_counts(audits: Sequence[coin.LoggedAudit]) -> dict[str, int]:
+    return {
+        status.value: sum(audit.status is status for audit in audits) for status in coin.AuditStatus
+    }
+
+
+def _write_evidence(out: Path, audits: Sequence[coin.LoggedAudit]) -> None:
+    """Each audit's joined evidence as ``out/audit-<verdict entry>.json``; never overwrites."""
+    files = [
+        (out / f"audit-{audit.verdict_entry}.json", audit.evidence)
+        for audit in audits
+        if audit.evidence is not None
+    ]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for path, _ in files:
+            if path.exists():
+                raise UsageError(f"--out: {path} exists; refusing to overwrite it")
+        for path, raw in files:
+            with path.open("xb") as handle:
+                handle.write(raw)
+    except FileExistsError as exc:
+        raise UsageError(f"--out: {exc.filename} exists; refusing to overwrite it") from exc
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write {exc.filename or out}: {exc.strerror}") from exc
+
+
+def _print_logged_audits(log: provenance.AuditedLog, audits: Sequence[coin.LoggedAudit]) -> None:
+    where = f"log {log.bundle.origin} ({log.size} entries)"
+    if not audits:
+        print(f"valid: no CoIn audits in this log: {where}")
+        return
+    for audit in audits:
+        if audit.passed and audit.verdict is not None:
+            result = f"detection probability {audit.verdict.detection_probability:.4f}"
+        else:
+            result = f"{audit.code}: {audit.detail}"
+        request = audit.call_request_id or "-"
+        print(f"entry {audit.verdict_entry} request {request}: {audit.status.value}: {result}")
+    counts = ", ".join(f"{count} {status}" for status, count in _audit_counts(audits).items())
+    summary = "valid" if all(audit.passed for audit in audits) else "NOT ALL CONSISTENT"
+    print(f"{summary}: {len(audits)} CoIn audit(s) in {where}: {counts}")
+
+
 # -- audit commands: billing, provenance, report -------------------------------------------------
 
 
@@ -833,7 +904,7 @@ def _build_parser(plugins: Iterable[Register]) -> argparse.ArgumentParser:
     lverify.set_defaults(handler=cmd_log_verify)
 
     _add_audit_commands(commands, key_help)
-    audit_commands = _add_coin_commands(commands)
+    audit_commands = _add_coin_commands(commands, key_help)
 
     groups: SubcommandGroups = {"": commands, "log": log_commands, "audit": audit_commands}
     for register in plugins:
@@ -917,7 +988,7 @@ def _add_audit_commands(
 
 
 def _add_coin_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], key_help: str
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     audit = commands.add_parser("audit", help="hidden reasoning-token audits (CoIn)")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
@@ -937,6 +1008,21 @@ def _add_coin_commands(
     )
     averify.add_argument("--json", action="store_true", help="print one JSON object")
     averify.set_defaults(handler=cmd_audit_verify)
+    vlog = audit_commands.add_parser(
+        "verify-log",
+        help="re-check every audit logged in an exported bundle: evidence parts, evidence, "
+        "the log's countersignature, head and challenge entries, logged verdict",
+        epilog="Exit codes: 0 every audit consistent (or none logged), 1 any flagged, failed "
+        "or invalid audit (or a damaged bundle), 2 unreadable input.",
+    )
+    _add_bundle_arguments(vlog, key_help)
+    vlog.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write each audit's evidence as DIR/audit-<verdict entry>.json (never overwrites)",
+    )
+    vlog.add_argument("--json", action="store_true", help="print one JSON object")
+    vlog.set_defaults(handler=cmd_audit_verify_log)
     return audit_commands
 
 

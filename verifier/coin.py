@@ -17,7 +17,10 @@ without reading the reasoning.
 
 This module needs no model: recomputing embeddings and the semantic checks live in
 ``tallystick.daemon.coin``. Their results travel in an :class:`Evidence` document that
-:func:`verify_evidence` re-checks offline (``tallystick audit verify``).
+:func:`verify_evidence` re-checks offline (``tallystick audit verify``). The sidecar logs each
+audit as ``audit`` entries, the evidence cut into parts (:func:`evidence_parts`,
+:func:`join_evidence`); :func:`verify_log_audits` re-checks every audit of a verified bundle
+(``tallystick audit verify-log``).
 
 Every rejection is a :class:`~tallystick.verifier.errors.TallystickError` with a ``coin.*`` code.
 """
@@ -70,6 +73,17 @@ from ._internal.coin_leaf import (
     token_commitment,
     within_tolerance,
 )
+from ._internal.coin_log import (
+    EVIDENCE_PART_BUDGET,
+    AuditStatus,
+    LoggedAudit,
+    LoggedAuditInvalid,
+    evidence_parts,
+    indices_sha256,
+    join_evidence,
+    verify_audit_entries,
+    verify_log_audits,
+)
 from ._internal.coin_sketch import (
     SKETCH_ENTRY_BYTES,
     SKETCH_KEY_BYTES,
@@ -105,6 +119,7 @@ __all__ = [
     "DEFAULT_OPEN_TIMEOUT_S",
     "EMBEDDING_DIM",
     "EVIDENCE_FORMAT",
+    "EVIDENCE_PART_BUDGET",
     "HEAD_FORMAT",
     "LEAF_BYTES",
     "LEAF_VERSION",
@@ -123,6 +138,7 @@ __all__ = [
     "SKETCH_KEY_BYTES",
     "SKETCH_NGRAM",
     "WHAT_IS_CLAIMED",
+    "AuditStatus",
     "BlockCheck",
     "Challenge",
     "CoinOffer",
@@ -134,6 +150,8 @@ __all__ = [
     "Leaf",
     "LeafOpeningInvalid",
     "LengthPrior",
+    "LoggedAudit",
+    "LoggedAuditInvalid",
     "Opening",
     "OpeningsUnavailable",
     "ReportedUsage",
@@ -144,6 +162,9 @@ __all__ = [
     "challenge_seed",
     "derive_verdict",
     "detection_probability",
+    "evidence_parts",
+    "indices_sha256",
+    "join_evidence",
     "leaf_salt",
     "ngram_entries",
     "ngram_sketch",
@@ -161,8 +182,10 @@ __all__ = [
     "sketch_sha256",
     "split_sketch",
     "token_commitment",
+    "verify_audit_entries",
     "verify_evidence",
     "verify_head",
+    "verify_log_audits",
     "verify_opening",
     "verify_sketch",
     "within_tolerance",

@@ -158,7 +158,11 @@ def commit(
 
 #: The golden trace: 10 reasoning tokens in blocks of 4 (the last block holds 2).
 TOKEN_IDS = (791, 4320, 315, 220, 17, 489, 220, 17, 374, 220)
-CHALLENGE = coin.Challenge(k=5, fraction=0.5, target=0.95, per_leaf_detection=1.0)
+#: The golden audit: runs of one sketch n-gram, the shortest a sketched head accepts
+#: (``coin.runs_too_short``); on the 10-token trace its 5 anchors open every leaf.
+CHALLENGE = coin.Challenge(
+    k=5, fraction=0.5, target=0.95, per_leaf_detection=1.0, run_length=coin.SKETCH_NGRAM
+)
 
 
 def evidence(

@@ -41,7 +41,7 @@ from .coin_challenge import (
     verify_opening,
 )
 from .coin_head import CommitmentHead, challenge_seed, parse_head, verify_head
-from .coin_sketch import SKETCH_KEY_BYTES, SketchMismatch, verify_sketch
+from .coin_sketch import SKETCH_KEY_BYTES, SKETCH_NGRAM, SketchMismatch, verify_sketch
 from .coin_wire import opening_from_json, opening_to_json
 from .encoding import b64_decode, b64_encode
 
@@ -71,9 +71,10 @@ _FLAG_RULES = ("below", "above")
 
 class EvidenceInvalid(TallystickError):
     """Evidence whose parts do not follow from each other: ``coin.challenge_mismatch``,
-    ``coin.challenge_undersized``, ``coin.flag_mismatch``, ``coin.check_unopened_block``,
-    ``coin.check_duplicate``, ``coin.check_missing``, ``coin.verdict_mismatch``,
-    ``coin.provider_key_mismatch`` or ``coin.countersignature_missing``."""
+    ``coin.challenge_undersized``, ``coin.runs_too_short``, ``coin.flag_mismatch``,
+    ``coin.check_unopened_block``, ``coin.check_duplicate``, ``coin.check_missing``,
+    ``coin.verdict_mismatch``, ``coin.provider_key_mismatch`` or
+    ``coin.countersignature_missing``."""
 
     default_code = "coin.evidence_invalid"
 
@@ -624,14 +625,21 @@ def verify_evidence(
 
 
 def _check_sketch(head: CommitmentHead, evidence: Evidence) -> None:
-    """A head that binds a sketch needs the sketch and its key, and they must agree with every
-    n-gram the openings cover; a head without one, neither."""
+    """A head that binds a sketch needs the sketch and its key, runs long enough to cover an
+    n-gram, and agreement with every n-gram the openings cover; a head without one, neither."""
     if head.sketch_sha256 is None:
         if evidence.sketch is not None or evidence.sketch_key is not None:
             raise SketchMismatch("evidence: a sketch for a head that binds none")
         return
     if evidence.sketch is None or evidence.sketch_key is None:
         raise SketchMismatch("evidence: the head binds a sketch; sketch or key missing")
+    run = evidence.challenge.run_length
+    if run < SKETCH_NGRAM:  # shorter runs cover no entry: the sketch would go unchecked
+        raise EvidenceInvalid(
+            f"evidence: runs of {run} leaves cover no {SKETCH_NGRAM}-token sketch entry; "
+            f"a sketched head needs runs of at least {SKETCH_NGRAM}",
+            code="coin.runs_too_short",
+        )
     if len(evidence.sketch_key) != SKETCH_KEY_BYTES:
         raise _malformed(f"sketch_key must be {SKETCH_KEY_BYTES} bytes")
     verify_sketch(

@@ -1,0 +1,496 @@
+"""``tallystick audit verify-log``: every CoIn audit a REAL tallystickd logged, re-checked offline
+from an exported bundle and the log key alone.
+
+One daemon for the module logs three audits over gRPC (an honest one, a flagged one whose
+reasoning repeats its own blocks, and one whose opening was tampered with, so it has no
+evidence) and exports a bundle before the first audit, after it, and after all three. Tamper
+cases run the pure layer (:func:`~tallystick.verifier.coin.verify_audit_entries`) on the
+real entries with one body changed, since the signed bundle cannot be edited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sdk.conftest import Sidecar  # the SDK tests' real-daemon fixture class
+from tallystick.daemon.coin.attacks import AttackSource, inflate
+from tallystick.daemon.coin.embedding import EmbeddingEngine
+from tallystick.daemon.coin.provider import Commitment, commit, commit_tokens
+from tallystick.daemon.coin.tokenizer import Tokenizer
+from tallystick.sdk import Client
+from tallystick.sdk.client import Policy
+from tallystick.verifier._cli import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, main
+from tallystick.verifier.checkpoint import NoteSigner, NoteVerifier, SignedNote
+from tallystick.verifier.coin import (
+    AuditStatus,
+    LoggedAudit,
+    join_evidence,
+    verify_audit_entries,
+    verify_log_audits,
+)
+from tallystick.verifier.errors import MalformedInput
+from tallystick.verifier.keys import PrivateKey, load_public_key
+from tallystick.verifier.logbundle import Bundle
+from tallystick.verifier.logentry import LogEntry
+from tallystick.verifier.provenance import AuditedLog
+
+MODEL = "test-model"
+
+
+@dataclasses.dataclass(frozen=True)
+class Logged:
+    """What the module's daemon logged and exported."""
+
+    empty: Path  # a bundle from before any audit
+    honest_only: Path  # after the consistent audit
+    all_three: Path  # after all three audits
+    log_key: str  # the log's public key (base64url)
+    log_vkey: str  # its C2SP note verifier key
+    consistent: int  # verdict entry indexes
+    flagged: int
+    no_evidence: int
+    evidence: dict[int, bytes]  # verdict entry -> the evidence FinishAudit returned
+
+
+def _audit(
+    client: Client,
+    commitment: Commitment,
+    trace: dict[str, Any],
+    vkey: str,
+    *,
+    call_request_id: str | None = None,
+    tamper: bool = False,
+) -> Any:
+    challenge = client.begin_coin_audit(
+        head_note=commitment.head_note,
+        provider_vkey=vkey,
+        prompt=trace["prompt"],
+        answer=trace["answer"],
+        sketch=commitment.sketch,
+        call_request_id=call_request_id,
+    )
+    openings = commitment.open(challenge.indices)
+    if tamper:
+        openings[0] = dataclasses.replace(openings[0], token_id=openings[0].token_id + 1)
+    return client.finish_coin_audit(challenge.audit_id, openings, sketch_key=commitment.sketch_key)
+
+
+@pytest.fixture(scope="module")
+def logged(
+    engine: EmbeddingEngine,
+    tokenizer: Tokenizer,
+    short_traces: list[dict[str, Any]],
+    dev_traces: list[dict[str, Any]],
+    signer: NoteSigner,
+) -> Iterator[Logged]:
+    honest_trace = short_traces[0]
+    honest = commit(
+        engine,
+        tokenizer,
+        prompt=honest_trace["prompt"],
+        reasoning=honest_trace["reasoning"],
+        answer=honest_trace["answer"],
+        request_id="req-log-1",
+        model=MODEL,
+        reported_usage=None,
+        signer=signer,
+    )
+    # A medium math trace whose blocks are repeated: the sketch and the duplicate check flag it.
+    padded_trace = next(
+        t
+        for t in dev_traces
+        if t["domain"] == "math" and 600 <= len(tokenizer.encode(t["reasoning"])) <= 900
+    )
+    source = AttackSource(padded_trace["prompt"], padded_trace["reasoning"], padded_trace["answer"])
+    inflated = inflate(
+        source, "duplicate_blocks", 1.0, tokenizer=tokenizer, rng=np.random.default_rng(0)
+    )
+    padded = commit_tokens(
+        engine,
+        tokenizer,
+        reasoning_ids=inflated.token_ids,
+        prompt=padded_trace["prompt"],
+        answer=padded_trace["answer"],
+        request_id="req-log-2",
+        model=MODEL,
+        reported_usage=None,
+        signer=signer,
+    )
+    with tempfile.TemporaryDirectory(prefix="tsv-") as name:
+        root = Path(name)
+        sidecar = Sidecar(root / "d").start()
+        try:
+            assert sidecar.daemon is not None
+            log = sidecar.daemon.log
+            policy = Policy(spool_dir=root / "spool", retry_in_background=False, timeout_s=30)
+            log.export(root / "empty.bundle")
+            with Client(sidecar.address("alice"), policy=policy) as client:
+                first = _audit(client, honest, honest_trace, signer.vkey, call_request_id="call-7")
+                log.export(root / "honest.bundle")
+                second = _audit(client, padded, padded_trace, signer.vkey)
+                third = _audit(client, honest, honest_trace, signer.vkey, tamper=True)
+            log.export(root / "all.bundle")
+            assert first.consistent, first.flagged
+            assert not second.consistent and second.error_code is None, second
+            assert third.error_code == "coin.token_commitment_mismatch"
+            yield Logged(
+                empty=root / "empty.bundle",
+                honest_only=root / "honest.bundle",
+                all_three=root / "all.bundle",
+                log_key=log.public_key.to_b64url(),
+                log_vkey=log.vkey,
+                consistent=first.verdict_entry_index,
+                flagged=second.verdict_entry_index,
+                no_evidence=third.verdict_entry_index,
+                evidence={
+                    first.verdict_entry_index: first.evidence,
+                    second.verdict_entry_index: second.evidence,
+                },
+            )
+        finally:
+            sidecar.stop()
+
+
+@pytest.fixture(scope="module")
+def audited(logged: Logged) -> AuditedLog:
+    """The three-audit bundle, verified."""
+    bundle = Bundle.from_path(logged.all_three)
+    return AuditedLog.open(bundle, log_key=load_public_key(logged.log_key))
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def test_each_audit_gets_a_line_and_a_failed_one_exits_1(
+    logged: Logged, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _run(
+        capsys, "audit", "verify-log", str(logged.all_three), "--log-key", logged.log_key
+    )
+
+    assert code == EXIT_REJECTED
+    lines = out.splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith(f"entry {logged.consistent} request call-7: consistent: ")
+    assert "detection probability 0." in lines[0]
+    assert lines[1].startswith(f"entry {logged.flagged} request -: flagged: coin.flagged: ")
+    assert lines[2] == (
+        f"entry {logged.no_evidence} request -: no_evidence: coin.token_commitment_mismatch: "
+        "a protocol step failed: no evidence was logged"
+    )
+    assert lines[3].startswith("NOT ALL CONSISTENT: 3 CoIn audit(s) in log ")
+    assert lines[3].endswith("1 consistent, 1 flagged, 1 no_evidence, 0 invalid")
+
+
+def test_json_lists_every_audit(logged: Logged, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(
+        capsys,
+        "audit",
+        "verify-log",
+        str(logged.all_three),
+        "--log-key",
+        logged.log_key,
+        "--json",
+    )
+
+    assert code == EXIT_REJECTED
+    result = json.loads(out)
+    assert set(result) == {"valid", "origin", "log_size", "consistent", "counts", "audits"}
+    assert result["valid"] is True and result["consistent"] is False
+    assert result["counts"] == {"consistent": 1, "flagged": 1, "no_evidence": 1, "invalid": 0}
+    audits = {audit["verdict_entry"]: audit for audit in result["audits"]}
+    assert list(audits) == [logged.consistent, logged.flagged, logged.no_evidence]
+    honest, padded, failed = audits.values()
+    assert set(honest) == {
+        "verdict_entry",
+        "head_entry",
+        "challenge_entry",
+        "call_request_id",
+        "status",
+        "code",
+        "detail",
+        "evidence_sha256",
+        "verdict",
+    }
+    assert (honest["status"], honest["call_request_id"], honest["code"]) == (
+        "consistent",
+        "call-7",
+        None,
+    )
+    assert honest["head_entry"] < honest["challenge_entry"] < honest["verdict_entry"]
+    assert honest["verdict"]["consistent"] is True
+    assert (
+        honest["evidence_sha256"] == hashlib.sha256(logged.evidence[logged.consistent]).hexdigest()
+    )
+    assert (padded["status"], padded["code"], padded["call_request_id"]) == (
+        "flagged",
+        "coin.flagged",
+        None,
+    )
+    assert padded["verdict"]["flagged"] and padded["verdict"]["consistent"] is False
+    assert padded["detail"] == ", ".join(padded["verdict"]["flagged"])
+    assert (failed["status"], failed["code"]) == ("no_evidence", "coin.token_commitment_mismatch")
+    assert failed["verdict"] is None and failed["evidence_sha256"] is None
+    assert failed["challenge_entry"] == failed["verdict_entry"] - 1
+
+
+def test_only_consistent_audits_exit_0(logged: Logged, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(
+        capsys, "audit", "verify-log", str(logged.honest_only), "--log-key", logged.log_key
+    )
+
+    assert code == EXIT_OK
+    assert out.splitlines()[-1].startswith("valid: 1 CoIn audit(s) in log ")
+
+
+def test_no_audits_exit_0(logged: Logged, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(capsys, "audit", "verify-log", str(logged.empty), "--log-key", logged.log_key)
+
+    assert code == EXIT_OK
+    assert out.startswith("valid: no CoIn audits in this log: ")
+
+
+def test_a_wrong_log_key_is_a_damaged_bundle(
+    logged: Logged, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = PrivateKey.generate().public_key.to_b64url()
+    code, out = _run(capsys, "audit", "verify-log", str(logged.all_three), "--log-key", other)
+    assert code == EXIT_REJECTED
+    assert out.startswith("invalid: the bundle does not verify, nothing checked: ")
+
+    code, out = _run(
+        capsys, "audit", "verify-log", str(logged.all_three), "--log-key", other, "--json"
+    )
+    assert code == EXIT_REJECTED
+    assert json.loads(out)["valid"] is False
+
+
+def test_an_unreadable_bundle_exits_2(logged: Logged, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", "verify-log", str(tmp_path / "missing"), "--log-key", logged.log_key])
+    assert exited.value.code == EXIT_USAGE
+
+
+def test_out_writes_the_exact_evidence_that_audit_verify_accepts(
+    logged: Logged, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "new" / "evidence"
+    argv = ["audit", "verify-log", str(logged.all_three), "--log-key", logged.log_key]
+
+    code, _ = _run(capsys, *argv, "--out", str(out_dir))
+
+    assert code == EXIT_REJECTED
+    written = {path.name: path.read_bytes() for path in out_dir.iterdir()}
+    assert written == {
+        f"audit-{logged.consistent}.json": logged.evidence[logged.consistent],
+        f"audit-{logged.flagged}.json": logged.evidence[logged.flagged],
+    }
+    honest = str(out_dir / f"audit-{logged.consistent}.json")
+    padded = str(out_dir / f"audit-{logged.flagged}.json")
+    assert _run(capsys, "audit", "verify", honest, "--log-key", logged.log_vkey)[0] == EXIT_OK
+    assert _run(capsys, "audit", "verify", padded, "--log-key", logged.log_vkey)[0] == EXIT_REJECTED
+
+    # A second run into the same folder refuses to overwrite, and leaves the files alone.
+    (out_dir / f"audit-{logged.consistent}.json").write_bytes(b"kept")
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--out", str(out_dir)])
+    assert exited.value.code == EXIT_USAGE
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (out_dir / f"audit-{logged.consistent}.json").read_bytes() == b"kept"
+
+
+# -- the pure layer, on the real entries ----------------------------------------------------------
+
+
+def _statuses(audits: tuple[LoggedAudit, ...]) -> dict[int, tuple[AuditStatus, str | None]]:
+    return {audit.verdict_entry: (audit.status, audit.code) for audit in audits}
+
+
+def _edited(
+    audited: AuditedLog, index: int, change: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[LogEntry]:
+    entries = list(audited.entries)
+    entries[index] = dataclasses.replace(entries[index], body=change(dict(entries[index].body)))
+    return entries
+
+
+def test_the_recipe_and_the_layer_agree(logged: Logged, audited: AuditedLog) -> None:
+    audits = verify_log_audits(audited)
+    layer = verify_audit_entries(
+        audited.entries, log_keys=[NoteVerifier.from_vkey(logged.log_vkey)]
+    )
+    assert audits == layer
+    assert _statuses(audits) == {
+        logged.consistent: (AuditStatus.CONSISTENT, None),
+        logged.flagged: (AuditStatus.FLAGGED, "coin.flagged"),
+        logged.no_evidence: (AuditStatus.NO_EVIDENCE, "coin.token_commitment_mismatch"),
+    }
+    assert audits[0].evidence == logged.evidence[logged.consistent]
+    assert audits[0].passed and not any(audit.passed for audit in audits[1:])
+
+
+def _without_countersignature(note: str) -> str:
+    """The provider's note as it arrived, before the log countersigned it."""
+    signed = SignedNote.from_text(note)
+    return SignedNote(signed.text, signed.signatures[:-1]).to_text()
+
+
+def _only(audits: tuple[LoggedAudit, ...], verdict_entry: int) -> LoggedAudit:
+    (found,) = [audit for audit in audits if audit.verdict_entry == verdict_entry]
+    return found
+
+
+def test_parts_out_of_order_do_not_join(logged: Logged, audited: AuditedLog) -> None:
+    verdict = audited.entries[logged.consistent]
+    count = verdict.body["evidence_parts"]
+    assert count >= 2, "the honest evidence should span several entries"
+    entries = list(audited.entries)
+    first, second = logged.consistent - count, logged.consistent - count + 1
+    entries[first], entries[second] = (
+        dataclasses.replace(entries[first], body=entries[second].body),
+        dataclasses.replace(entries[second], body=entries[first].body),
+    )
+
+    found = _only(
+        verify_audit_entries(entries, log_keys=[NoteVerifier.from_vkey(logged.log_vkey)]),
+        logged.consistent,
+    )
+
+    assert (found.status, found.code) == (AuditStatus.INVALID, "coin.evidence_parts_invalid")
+    assert found.evidence is None
+
+
+@pytest.mark.parametrize(
+    ("target", "change", "code"),
+    [
+        pytest.param(
+            "verdict",
+            lambda body: {**body, "evidence_sha256": "00" * 32},
+            "coin.evidence_parts_invalid",
+            id="wrong-hash",
+        ),
+        pytest.param(
+            "verdict",
+            lambda body: {**body, "consistent": False},
+            "coin.logged_verdict_mismatch",
+            id="verdict-flipped",
+        ),
+        pytest.param(
+            "verdict",
+            lambda body: {**body, "error_code": "coin.index_mismatch"},
+            "coin.logged_verdict_mismatch",
+            id="error-code-with-evidence",
+        ),
+        pytest.param(
+            "challenge",
+            lambda body: {**body, "nonce": "00" * 32},
+            "coin.audit_chain_invalid",
+            id="nonce",
+        ),
+        pytest.param(
+            "challenge",
+            lambda body: {**body, "indices_sha256": "00" * 32},
+            "coin.audit_chain_invalid",
+            id="indices",
+        ),
+        pytest.param(
+            "head",
+            lambda body: {**body, "head_note": _without_countersignature(body["head_note"])},
+            "coin.audit_chain_invalid",
+            id="head-note",
+        ),
+        pytest.param(
+            "verdict",
+            lambda body: {**body, "challenge_entry": body["challenge_entry"] - 1},
+            "coin.audit_chain_invalid",
+            id="challenge-is-the-head",
+        ),
+    ],
+)
+def test_entries_that_disagree_are_invalid(
+    logged: Logged,
+    audited: AuditedLog,
+    target: str,
+    change: Callable[[dict[str, Any]], dict[str, Any]],
+    code: str,
+) -> None:
+    verdict = audited.entries[logged.consistent]
+    challenge_index = verdict.body["challenge_entry"]
+    index = {
+        "verdict": logged.consistent,
+        "challenge": challenge_index,
+        "head": audited.entries[challenge_index].body["head_entry"],
+    }[target]
+
+    found = _only(
+        verify_audit_entries(
+            _edited(audited, index, change), log_keys=[NoteVerifier.from_vkey(logged.log_vkey)]
+        ),
+        logged.consistent,
+    )
+
+    assert (found.status, found.code) == (AuditStatus.INVALID, code), found.detail
+
+
+def test_a_head_not_countersigned_by_this_log_is_invalid(
+    logged: Logged, audited: AuditedLog
+) -> None:
+    stranger = NoteSigner(NoteVerifier.from_vkey(logged.log_vkey).name, PrivateKey.generate())
+
+    audits = verify_audit_entries(audited.entries, log_keys=[stranger.verifier])
+
+    found = _only(audits, logged.consistent)
+    assert (found.status, found.code) == (AuditStatus.INVALID, "coin.countersignature_missing")
+    assert found.evidence == logged.evidence[logged.consistent]  # joined, for a look by hand
+
+
+def test_a_verdict_without_evidence_cannot_be_consistent(
+    logged: Logged, audited: AuditedLog
+) -> None:
+    entries = _edited(audited, logged.no_evidence, lambda body: {**body, "consistent": True})
+
+    found = _only(
+        verify_audit_entries(entries, log_keys=[NoteVerifier.from_vkey(logged.log_vkey)]),
+        logged.no_evidence,
+    )
+
+    assert (found.status, found.code) == (AuditStatus.INVALID, "coin.logged_verdict_mismatch")
+
+
+def test_join_evidence_checks_order_and_hash() -> None:
+    raw = b'{"evidence":"' + b"x" * 50 + b'"}'
+    texts = [raw[:20].decode(), raw[20:].decode()]
+    verdict = {
+        "coin": "verdict",
+        "challenge_entry": 3,
+        "evidence_sha256": hashlib.sha256(raw).hexdigest(),
+        "evidence_parts": 2,
+    }
+    parts = [
+        {"coin": "evidence", "challenge_entry": 3, "part": i, "parts": 2, "evidence_json": text}
+        for i, text in enumerate(texts)
+    ]
+    assert join_evidence(verdict, parts) == raw
+    for bad_verdict, bad_parts in [
+        (verdict, parts[::-1]),
+        ({**verdict, "evidence_sha256": "00" * 32}, parts),
+        ({**verdict, "evidence_parts": 3}, parts),
+        ({**verdict, "challenge_entry": 4}, parts),
+        ({**verdict, "evidence_parts": 0, "evidence_sha256": None}, parts),
+    ]:
+        with pytest.raises(MalformedInput) as caught:
+            join_evidence(bad_verdict, bad_parts)
+        assert caught.value.code == "coin.evidence_parts_invalid"
