@@ -34,6 +34,13 @@ And per audit (repeated on every opened block in the evidence):
   A byte-level BPE vocabulary such as cl100k_base numbers its tokens in merge order, so late
   ids are rare strings: about 5% of honest reasoning tokens (dev traces: 99th percentile 11%)
   against 70% of uniformly random ids. Flagged above.
+- ``rare_runs``: the number of disjoint 8-token windows of opened runs in which at least
+  :data:`RARE_RUN_TOKENS` tokens are rare. A share over the whole audit dilutes a little
+  padding; a run inside padding of random ids is caught by itself. Only 5 of the 300 dev
+  traces hold any 8 consecutive tokens with 5 rare ones, and no honest audit opened such a
+  run (900 audits), while 97% of audits at IR 0.1 and 98-100% at IR 0.25 do (offline
+  simulation). Text that is rare tokens throughout (a hex digest, base64, some scripts)
+  raises it honestly; the spread floor lets one such window pass. Flagged above.
 - ``repeated_spans``: from the n-gram sketch (:mod:`tallystick.verifier.coin`), the fraction
   of reasoning tokens inside a stretch of :data:`SPAN_TOKENS` tokens that occurs twice in the
   reasoning. Copies of the reasoning itself (blocks or spans) raise it for the whole trace, not
@@ -83,6 +90,7 @@ __all__ = [
     "CHECKS",
     "DUPLICATE_CEILING",
     "FINGERPRINT_TOLERANCE",
+    "SPREAD_QUANTILE",
     "Calibration",
     "Measurements",
     "Thresholds",
@@ -105,6 +113,7 @@ CHECKS: Final = (
     "visible_vocab",
     "noncanonical_runs",
     "rare_tokens",
+    "rare_runs",
     "repeated_spans",
     "copied_prompt",
     "copied_answer",
@@ -115,12 +124,15 @@ AUDIT_CHECKS: Final = (
     "visible_vocab",
     "noncanonical_runs",
     "rare_tokens",
+    "rare_runs",
     "repeated_spans",
     "copied_prompt",
     "copied_answer",
 )
 #: The first token id ``rare_tokens`` counts (cl100k_base's merge order; see the docstring).
 RARE_TOKEN_ID: Final = 30_000
+#: Rare tokens that make an opened run count for ``rare_runs`` (a run holds up to 8 tokens).
+RARE_RUN_TOKENS: Final = 5
 #: Tokens at each end of an opened run left out of the canonical-tokenization test.
 RUN_EDGE: Final = 2
 #: The shortest repeated stretch ``repeated_spans`` counts, in tokens (a multiple of the
@@ -156,6 +168,7 @@ class Measurements:
     visible_vocab: float
     noncanonical_runs: float
     rare_tokens: float
+    rare_runs: float
     repeated_spans: float
     copied_prompt: float
     copied_answer: float
@@ -253,6 +266,7 @@ def measure(
         visible_vocab=sum(token in visible_ids for token in token_ids) / len(token_ids),
         noncanonical_runs=noncanonical_runs(tokenizer, openings),
         rare_tokens=rare_tokens(token_ids),
+        rare_runs=rare_runs(openings),
         repeated_spans=repeated_spans(sketch_entries),
         copied_prompt=copied_spans(sketch_entries, prompt_entries),
         copied_answer=copied_spans(sketch_entries, answer_entries),
@@ -265,6 +279,27 @@ def rare_tokens(token_ids: Sequence[int]) -> float:
     if not token_ids:
         return 0.0
     return sum(token >= RARE_TOKEN_ID for token in token_ids) / len(token_ids)
+
+
+def rare_runs(openings: Sequence[Opening], *, width: int = SKETCH_NGRAM) -> float:
+    """The ``rare_runs`` statistic (module docstring): a count, as a float like the others.
+
+    Anchors' runs that touch or overlap merge into one stretch of opened leaves, so each
+    stretch is scanned for disjoint windows of ``width`` tokens (left to right, a window that
+    qualifies is counted and skipped past); a stretch shorter than ``width`` (the trace's end)
+    is one window.
+    """
+    count = 0
+    for run in _runs(openings):
+        rare = [token >= RARE_TOKEN_ID for token in run]
+        start = 0
+        while start < max(1, len(rare) - width + 1):
+            if sum(rare[start : start + width]) >= RARE_RUN_TOKENS:
+                count += 1
+                start += width
+            else:
+                start += 1
+    return float(count)
 
 
 def _runs(openings: Sequence[Opening]) -> list[list[int]]:
@@ -538,14 +573,23 @@ class Calibration:
 #: The highest ``duplicate_blocks`` threshold: two blocks of 256 tokens whose fingerprints
 #: are this close are a repeat. On the dev traces the honest maximum is 0.993 (of 741 audits).
 DUPLICATE_CEILING: Final = 0.995
+#: The honest quantile a check's spread reaches from its median. Checks differ in how heavy
+#: their honest tails are (repeated spans in math reasoning, the rare-token share of short
+#: safety traces); a scale taken further out in the tail puts them on one footing, so one
+#: shared z threshold fails each about equally often. Measured on the dev traces (5-fold
+#: cross-validation at the same detection): 0.9 gave a 0.89% honest false-positive rate
+#: (safety 1.72%), 0.95 gives 0.56% (safety 0.69%); 0.98 and beyond overfit the thin tail.
+SPREAD_QUANTILE: Final = 0.95
 #: Floor of a check's spread, so that a check that is constant on honest audits still scores.
 _MIN_SPREAD: Final = 1e-3
 #: Wider floors where the dev traces cannot show the honest tail. Every dev run is canonical
 #: and most safety traces repeat nothing, but sampled text is occasionally non-canonical and
 #: honest reasoning does restate itself: one odd run in ~30, or a few percent of repeated
-#: text, must not fail an audit on its own.
+#: text, must not fail an audit on its own; nor must one run of rare tokens (``rare_runs``
+#: counts runs: with z thresholds between 2 and 4, one run passes and two fail).
 _SPREAD_FLOORS: Final[Mapping[str, float]] = {
     "noncanonical_runs": 0.03,
+    "rare_runs": 0.5,
     "repeated_spans": 0.02,
     "copied_prompt": 0.02,
     "copied_answer": 0.02,
@@ -556,8 +600,9 @@ def fit_thresholds(honest: Sequence[Mapping[str, float]], *, fpr_target: float) 
     """Centers, spreads and the shared z threshold from honest audits' statistics
     (:meth:`Measurements.statistics`).
 
-    Center: the median. Spread: the distance from the median to the 90th percentile (a
-    one-sided robust scale, since only large values flag), at least the check's floor
+    Center: the median. Spread: the distance from the median to the
+    :data:`SPREAD_QUANTILE` quantile (a one-sided robust scale, since only large values flag),
+    at least the check's floor
     (:data:`_SPREAD_FLOORS`). Both over the audits where the
     check applies (NaN marks the others). Threshold: the ``1 - fpr_target`` quantile of each
     honest audit's largest z-score. Then ``duplicate_blocks`` is capped at
@@ -578,7 +623,7 @@ def fit_thresholds(honest: Sequence[Mapping[str, float]], *, fpr_target: float) 
         values = table[applies[:, column], column]
         if values.size:
             centers[column] = np.median(values)
-            tops[column] = np.quantile(values, 0.9)
+            tops[column] = np.quantile(values, SPREAD_QUANTILE)
     floors = np.array([_SPREAD_FLOORS.get(check, _MIN_SPREAD) for check in CHECKS])
     spreads = np.maximum(tops - centers, floors)
     largest = np.where(applies, (table - centers) / spreads, -np.inf).max(axis=1)

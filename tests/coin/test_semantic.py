@@ -21,8 +21,10 @@ from tallystick.daemon.coin.prior import LengthModel, LengthSample, length_featu
 from tallystick.daemon.coin.provider import commit_tokens
 from tallystick.daemon.coin.semantic import (
     CHECKS,
+    RARE_TOKEN_ID,
     RUN_EDGE,
     SPAN_TOKENS,
+    SPREAD_QUANTILE,
     Calibration,
     Measurements,
     Thresholds,
@@ -30,6 +32,7 @@ from tallystick.daemon.coin.semantic import (
     fit_thresholds,
     measure,
     noncanonical_runs,
+    rare_runs,
     rare_tokens,
     repeated_spans,
     wilson_interval,
@@ -282,6 +285,7 @@ def _fake(length_z: float) -> Measurements:
         visible_vocab=0.0,
         noncanonical_runs=0.0,
         rare_tokens=0.0,
+        rare_runs=0.0,
         repeated_spans=0.0,
         copied_prompt=0.0,
         copied_answer=0.0,
@@ -487,6 +491,16 @@ def test_fit_thresholds_hits_its_in_sample_target() -> None:
     assert failing >= 10  # not trivially strict either
 
 
+def test_fit_spread_reaches_from_the_median_to_the_spread_quantile() -> None:
+    # 0..100: median 50, 95th percentile 95 (a tail-relative scale, not the 90th's 40).
+    honest = [{check: float(value) for check in CHECKS} for value in range(101)]
+    thresholds = fit_thresholds(honest, fpr_target=0.01)
+    assert SPREAD_QUANTILE == 0.95
+    for check in ("rare_tokens", "repeated_spans", "length_prior", "block_prompt"):
+        assert thresholds.centers[check] == 50.0
+        assert thresholds.spreads[check] == pytest.approx(45.0)
+
+
 def test_calibration_round_trips_and_rejects_damage(calibration: Calibration) -> None:
     data = calibration.to_json()
     assert Calibration.from_json(data) == calibration
@@ -549,6 +563,27 @@ def test_unknown_attacks_and_empty_sources_are_typed_errors(tokenizer: Tokenizer
     with pytest.raises(MalformedInput) as info:
         inflate(source, "splice_same_domain", 1.0, tokenizer=tokenizer, rng=rng)
     assert info.value.code == "coin.attack_source_empty"
+
+
+def test_rare_runs_counts_runs_of_random_ids_and_flags_two(
+    tokenizer: Tokenizer, calibration: Calibration, math_trace: dict[str, Any]
+) -> None:
+    ids = tokenizer.encode(math_trace["reasoning"])
+    starts = _separate_starts(len(ids), 30, np.random.default_rng(4))
+    assert rare_runs(_runs(ids, starts)) == 0.0
+    rng = np.random.default_rng(5)
+    padded = list(ids)
+    for start in starts[:2]:  # two opened runs land in padding of random ids
+        padded[start : start + 8] = rng.integers(RARE_TOKEN_ID, 100_000, size=8).tolist()
+    one = padded[: starts[1]] + ids[starts[1] :]
+    assert rare_runs(_runs(one, starts)) == 1.0
+    assert rare_runs(_runs(padded, starts)) == 2.0
+    for domain in ("math", "safety"):  # one odd run passes, two fail
+        thresholds = calibration.for_domain(domain)
+        limit = (
+            thresholds.centers["rare_runs"] + thresholds.threshold * thresholds.spreads["rare_runs"]
+        )
+        assert 1.0 < limit < 2.0
 
 
 def test_rare_tokens_separates_reasoning_from_random_ids(
