@@ -41,8 +41,9 @@ evidence carries the sketch and its key.
 
 Prompt and answer texts stay in memory, in the pending audit, and are never written or logged.
 A pending audit belongs to the agent that began it, expires (``coin_pending_ttl_s``) and is
-bounded (``coin_pending_max``, and :data:`MAX_PENDING_TEXT` characters of held text; the
-oldest is dropped first); an unknown, finished, expired or other agent's audit id is
+bounded (``coin_pending_max``, and :data:`MAX_PENDING_TEXT` characters of held text; when full,
+the oldest audit of the agent holding the most is dropped, so an agent that floods the sidecar
+drops its own audits, not another's); an unknown, finished, expired or other agent's audit id is
 ``coin.audit_unknown``, the same answer in every case.
 
 The embedding engine (torch, all-MiniLM-L6-v2) is built on the first ``BeginAudit``, once; its
@@ -172,9 +173,11 @@ class _Pending:
 class PendingAudits:
     """Pending audits by id, in memory only: bounded, expiring, each owned by one agent.
 
-    :param capacity: audits held at most; adding one more drops the oldest.
+    :param capacity: audits held at most; adding one more drops the oldest audit of the agent
+        holding the most audits.
     :param ttl_s: seconds an audit stays pending.
-    :param max_text: characters of held text at most (oldest dropped first).
+    :param max_text: characters of held text at most (past it, the oldest audit of the agent
+        holding the most text is dropped).
     :param clock: monotonic seconds (a parameter so tests need not sleep).
     """
 
@@ -192,6 +195,9 @@ class PendingAudits:
         self._clock = clock
         self._items: OrderedDict[str, _Pending] = OrderedDict()
         self._text = 0
+        # Per agent: its audit ids, oldest first, and the text they hold (who to drop when full).
+        self._ids_of: dict[str, OrderedDict[str, None]] = {}
+        self._text_of: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -222,9 +228,7 @@ class PendingAudits:
                 raise AuditUnknown(
                     "audit: no pending audit by that id (unknown, finished or expired)"
                 )
-            del self._items[audit_id]
-            self._text -= item.size
-            return item
+            return self._remove(audit_id)
 
     def restore(self, audit_id: str, item: _Pending) -> None:
         """Put back an audit taken by :meth:`take` whose finish failed before its verdict was
@@ -238,12 +242,27 @@ class PendingAudits:
     def _insert(self, audit_id: str, item: _Pending) -> None:
         self._items[audit_id] = item
         self._text += item.size
+        self._ids_of.setdefault(item.agent, OrderedDict())[audit_id] = None
+        self._text_of[item.agent] = self._text_of.get(item.agent, 0) + item.size
         while len(self._items) > self._capacity or (
             self._text > self._max_text and len(self._items) > 1
         ):
-            _, dropped = self._items.popitem(last=False)
-            self._text -= dropped.size
+            if len(self._items) > self._capacity:
+                agent = max(self._ids_of, key=lambda a: len(self._ids_of[a]))
+            else:
+                agent = max(self._text_of, key=self._text_of.__getitem__)
+            dropped = self._remove(next(iter(self._ids_of[agent])))
             _logger.info("coin.pending_dropped", agent=dropped.agent, reason="capacity")
+
+    def _remove(self, audit_id: str) -> _Pending:
+        item = self._items.pop(audit_id)
+        self._text -= item.size
+        ids = self._ids_of[item.agent]
+        del ids[audit_id]
+        self._text_of[item.agent] -= item.size
+        if not ids:
+            del self._ids_of[item.agent], self._text_of[item.agent]
+        return item
 
     def _expire(self, now: float) -> None:
         # Insertion order is expiry order (one TTL for all), except for restored audits, which
@@ -252,8 +271,7 @@ class PendingAudits:
             audit_id, item = next(iter(self._items.items()))
             if item.expires_at > now:
                 return
-            del self._items[audit_id]
-            self._text -= item.size
+            self._remove(audit_id)
 
 
 # -- the auditor, built once ------------------------------------------------------------------

@@ -205,7 +205,8 @@ class Config(BaseModel):
         default=1024,
         ge=1,
         le=1_000_000,
-        description="CoIn audits waiting for their openings, at most (the oldest is dropped)",
+        description="CoIn audits waiting for their openings, at most (when full, the oldest "
+        "of the agent holding the most is dropped)",
     )
     coin_pending_ttl_s: float = Field(
         default=900.0,

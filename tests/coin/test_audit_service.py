@@ -493,6 +493,27 @@ def test_pending_audits_expire_and_are_bounded() -> None:
     assert len(pending) == 0
 
 
+def test_an_agent_that_floods_pending_audits_drops_its_own() -> None:
+    pending = PendingAudits(capacity=3, ttl_s=10)
+    bobs = pending.add("bob", _Audit(), 1)  # type: ignore[arg-type]  # the oldest of all
+    floods = [pending.add("mallory", _Audit(), 2 + n) for n in range(5)]  # type: ignore[arg-type]
+    assert len(pending) == 3
+    assert pending.take(bobs, "bob").challenge_entry == 1  # still there
+    for audit_id in floods[:3]:  # mallory's oldest went first
+        with pytest.raises(AuditUnknown):
+            pending.take(audit_id, "mallory")
+    assert [pending.take(a, "mallory").challenge_entry for a in floods[3:]] == [5, 6]
+    assert len(pending) == 0
+    # Text: the agent holding the most text loses its oldest, whoever added last.
+    texts = PendingAudits(capacity=10, max_text=12)
+    small = texts.add("bob", _Audit(prompt="b" * 2), 1)  # type: ignore[arg-type]
+    big = texts.add("mallory", _Audit(prompt="m" * 8), 2)  # type: ignore[arg-type]
+    texts.add("bob", _Audit(prompt="c" * 2), 3)  # type: ignore[arg-type]  # 18 > 12
+    with pytest.raises(AuditUnknown):
+        texts.take(big, "mallory")
+    assert texts.take(small, "bob").challenge_entry == 1
+
+
 def test_pending_text_is_bounded() -> None:
     pending = PendingAudits(capacity=10, max_text=10)
     first = pending.add("alice", _Audit(prompt="x" * 6), 1)  # type: ignore[arg-type]
