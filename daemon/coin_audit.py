@@ -13,28 +13,14 @@ audit it, in two calls on the agent's own socket (any identified agent, as for `
 2. ``FinishAudit``: the provider's openings (and its sketch key) are checked and judged by
    :class:`tallystick.daemon.coin.judge.Auditor`; the evidence and the verdict are appended.
 
-Every entry is of kind ``audit``, with these bodies (``coin`` names which)::
-
-    head       {"coin": "head", "head_note": str, "provider_vkey": str,
-                "call_request_id": str | null}
-    challenge  {"coin": "challenge", "head_entry": int, "nonce": hex, "k": int,
-                "indices_sha256": hex}
-    evidence   {"coin": "evidence", "challenge_entry": int, "part": int, "parts": int,
-                "evidence_json": str}
-    verdict    {"coin": "verdict", "challenge_entry": int, "consistent": bool,
-                "error_code": str | null, "evidence_sha256": hex | null, "evidence_parts": int}
-
-``nonce`` is the auditor nonce, ``k`` the challenge's sample size and ``indices_sha256`` the
-SHA-256 of the challenged indices as u32be, in order. The evidence document
-(:class:`~tallystick.verifier.coin.Evidence`, canonical JSON) is larger than one log entry may
-be (65,535 bytes, a C2SP tile bundle's limit: a few dozen openings of about 2 KB each already
-exceed it), so it is cut into ``evidence_parts`` entries, appended with the verdict in one
-atomic batch: the parts are the entries immediately before the verdict, and their
-``evidence_json`` strings, joined in order, are the exact evidence bytes, whose SHA-256 the
-verdict records. The verifier owns this layout (:func:`~tallystick.verifier.coin.evidence_parts`,
-:func:`~tallystick.verifier.coin.join_evidence`, re-exported here), and ``tallystick audit
-verify-log`` re-checks every audit logged in a bundle. A failed protocol step (a bad opening, a
-sketch that does not match) has no evidence: ``error_code`` says which check, and
+Every entry is of kind ``audit``: a head and a challenge (``BeginAudit``), then the evidence
+parts and the verdict, appended in one atomic batch (``FinishAudit``). The verifier owns their
+bodies and how the evidence document is cut into parts (it is larger than one log entry may
+be): see ``tallystick.verifier._internal.coin_log``, re-exported by
+:mod:`tallystick.verifier.coin` (:func:`~tallystick.verifier.coin.evidence_parts`,
+:func:`~tallystick.verifier.coin.join_evidence`), and ``tallystick audit verify-log``, which
+re-checks every audit logged in a bundle. A failed protocol step (a bad opening, a sketch that
+does not match) has no evidence: the verdict's ``error_code`` says which check, and
 ``evidence_parts`` is 0.
 The provider's n-gram sketch is not in the head entry: the head note binds its SHA-256, and the
 evidence carries the sketch and its key.
