@@ -49,6 +49,10 @@ And per audit (repeated on every opened block in the evidence):
 - ``copied_prompt`` / ``copied_answer``: likewise, the fraction inside a stretch that occurs
   in the prompt (the answer), hashed under the revealed sketch key. Separate checks, because
   honest reasoning rarely quotes its prompt at length but often reaches the answer's words.
+  A prompt or answer shorter than :data:`SPAN_TOKENS` is matched in stretches as long as it
+  allows (whole sketch n-grams), else padding that repeats a one-line request could never
+  match it (dev traces, offline, 99.5% honest quantile: copy-prompt padding of safety traces at
+  IR 0.25 exceeds it in 95% of traces this way, against 4% with 32-token stretches).
   Flagged above.
 - the length prior's z (:mod:`tallystick.daemon.coin.prior`), flagged above.
 
@@ -335,27 +339,30 @@ def noncanonical_runs(tokenizer: Tokenizer, openings: Sequence[Opening]) -> floa
     return failed / tested if tested else 0.0
 
 
-def _span_names(row: Sequence[bytes]) -> list[bytes]:
-    """A name for each stretch of :data:`SPAN_TOKENS` tokens, by its first token's position.
+def _span_names(row: Sequence[bytes], span: int = SPAN_TOKENS) -> list[bytes]:
+    """A name for each stretch of ``span`` tokens (a multiple of the n-gram), by its first
+    token's position.
 
-    A stretch starting at ``p`` is named by the entries of its four disjoint n-grams (``p``,
-    ``p + n``, ``p + 2n``, ``p + 3n``, entry indices counting from the first full n-gram);
+    A stretch starting at ``p`` is named by the entries of its disjoint n-grams (``p``,
+    ``p + n``, ... up to ``p + span - n``, entry indices counting from the first full n-gram);
     equal names are equal stretches up to hash collisions.
     """
-    reach = SPAN_TOKENS - SKETCH_NGRAM
+    reach = span - SKETCH_NGRAM
     return [
         b"".join(row[p + offset] for offset in range(0, reach + 1, SKETCH_NGRAM))
         for p in range(len(row) - reach)
     ]
 
 
-def _covered_share(entries: Sequence[bytes], hit: Callable[[bytes], bool]) -> float:
-    """The fraction of reasoning tokens inside a stretch whose name ``hit`` accepts."""
+def _covered_share(
+    entries: Sequence[bytes], hit: Callable[[bytes], bool], span: int = SPAN_TOKENS
+) -> float:
+    """The fraction of reasoning tokens inside a stretch of ``span`` whose name ``hit`` accepts."""
     tokens = len(entries) + SKETCH_NGRAM - 1
     covered = bytearray(max(tokens, 0))
-    for start, name in enumerate(_span_names(entries)):
+    for start, name in enumerate(_span_names(entries, span)):
         if hit(name):
-            covered[start : start + SPAN_TOKENS] = b"\x01" * SPAN_TOKENS
+            covered[start : start + span] = b"\x01" * span
     return sum(covered) / tokens if tokens > 0 else 0.0
 
 
@@ -369,9 +376,14 @@ def repeated_spans(entries: Sequence[bytes]) -> float:
 
 def copied_spans(entries: Sequence[bytes], source: Sequence[bytes]) -> float:
     """The ``copied_prompt`` / ``copied_answer`` statistic: stretches found in ``source`` (the
-    prompt's or answer's entries under the same key)."""
-    seen = set(_span_names(source))
-    return _covered_share(entries, seen.__contains__)
+    prompt's or answer's entries under the same key), as long as ``source`` allows up to
+    :data:`SPAN_TOKENS`; 0 for a source shorter than one n-gram (it has no entries)."""
+    if not source:
+        return 0.0
+    source_tokens = len(source) + SKETCH_NGRAM - 1
+    span = min(SPAN_TOKENS, source_tokens // SKETCH_NGRAM * SKETCH_NGRAM)
+    seen = set(_span_names(source, span))
+    return _covered_share(entries, seen.__contains__, span)
 
 
 @dataclass(frozen=True)

@@ -462,6 +462,23 @@ def test_repeated_spans_sees_a_stretch_copied_from_the_answer(
     assert copied_spans(entries, _entries(tokenizer, trace["prompt"])) == 0.0
 
 
+@pytest.mark.parametrize("prompt_tokens", [7, 8, 20, 31, 32, 90])
+def test_copied_spans_matches_a_short_source_in_stretches_it_can_hold(
+    tokenizer: Tokenizer, safety_trace: dict[str, Any], prompt_tokens: int
+) -> None:
+    ids = tokenizer.encode(safety_trace["reasoning"])
+    prompt = np.random.default_rng(prompt_tokens).integers(50_000, 90_000, prompt_tokens).tolist()
+    source = ngram_entries(KEY, prompt)
+    # A one-line request repeated as padding, as copy-prompt padding cycles a short prompt.
+    padded = _insert(ids, len(ids) // 2, prompt * 3)
+    share = copied_spans(ngram_entries(KEY, padded), source)
+    assert copied_spans(ngram_entries(KEY, ids), source) == 0.0
+    if prompt_tokens < SKETCH_NGRAM:  # not one whole n-gram: nothing to match
+        assert share == 0.0
+    else:  # stretches as long as the prompt allows cover every copy (32 tokens at most)
+        assert share == pytest.approx(3 * prompt_tokens / len(padded))
+
+
 @pytest.mark.parametrize(("length", "counted"), [(31, False), (32, True), (45, True)])
 def test_repeated_spans_counts_stretches_of_32_tokens_and_more(
     tokenizer: Tokenizer, safety_trace: dict[str, Any], length: int, counted: bool
