@@ -43,12 +43,14 @@ audit can tell. Three invoice formats, the input of ``tallystick billing reconci
    compare with a tolerance.
 
 **Cooperating provider.** With ``coin_provider_url`` (the base URL of a
-``tallystick.daemon.coin.provider_server.ProviderServer``), each non-streamed chat completion
-commits its hidden reasoning there (``POST /coin/v1/commit``: request id = the response id,
-the response model, prompt = :func:`tallystick.verifier.coin.prompt_text` of the messages, the
-reasoning, the answer, and the usage it bills) and carries the returned offer as the top-level
-member ``"tallystick_coin"``, for the client's sidecar to audit. A commit that fails is logged
-and the response goes out without an offer. Without it, responses are unchanged.
+``tallystick.daemon.coin.provider_server.ProviderServer``), each chat completion commits its
+hidden reasoning there (``POST /coin/v1/commit``: request id = the response id, the response
+model, prompt = :func:`tallystick.verifier.coin.prompt_text` of the messages, the reasoning,
+the answer, and the usage it bills) and carries the returned offer as the top-level member
+``"tallystick_coin"``, for the client's sidecar to audit: of the response, or of a stream's
+final chunk (the usage chunk when ``stream_options.include_usage`` is set, else the one with
+the finish reason). A commit that fails is logged and the response goes out without an offer.
+Without it, responses are unchanged.
 
 Manual use: ``python -m demo.llm_server --port 8765 [--coin-provider URL]`` (then point
 ``OpenAI(base_url="http://127.0.0.1:8765/v1", api_key="x")`` at it).
@@ -505,14 +507,15 @@ class LLMServer:
         }
         head = {"id": row.request_id, "created": int(row.timestamp), "model": row.model}
         head |= {"service_tier": "default", "system_fingerprint": None}
+        offer = None
+        if self._commit_url is not None:
+            offer = self._coin_offer(self._commit_url, row, trace, body)
         if body.get("stream") is not True:
             message = {"role": "assistant", "content": trace.answer, "refusal": None}
             choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
             whole = {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
-            if self._commit_url is not None:
-                offer = self._coin_offer(self._commit_url, row, trace, body)
-                if offer is not None:
-                    whole[OFFER_MEMBER] = offer
+            if offer is not None:
+                whole[OFFER_MEMBER] = offer
             return "application/json", json.dumps(whole).encode("utf-8")
         chunk = {**head, "object": "chat.completion.chunk"}
 
@@ -526,6 +529,9 @@ class LLMServer:
         options = body.get("stream_options")
         if isinstance(options, Mapping) and options.get("include_usage") is True:
             events.append((None, {**chunk, "choices": [], "usage": usage}))
+        if offer is not None:
+            _, final = events[-1]
+            final[OFFER_MEMBER] = offer
         events.append((None, "[DONE]"))
         return "text/event-stream", _sse(events)
 

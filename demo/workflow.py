@@ -6,8 +6,8 @@ What it runs, all on this machine:
    server (:class:`~tallystick.daemon.coin.provider_server.ProviderServer`, loopback, a fresh
    key); and :class:`~demo.llm_server.LLMServer`, an OpenAI-compatible server on loopback that
    answers from ``../shared/data/reasoning_traces/dev.jsonl`` with the reasoning hidden and
-   billed, as a cooperating provider: each non-streamed answer commits to its hidden reasoning
-   at the provider server and carries the offer;
+   billed, as a cooperating provider: each answer, streamed or not, commits to its hidden
+   reasoning at the provider server and carries the offer;
 2. a principal (alice) authorizes a session once; the orchestrator plans with one LLM call and
    hands the work to two sub-agents, each on a worker thread, passing the token in the
    ``HDP-Token`` header: the researcher first, then (with the research done) the writer; each
@@ -110,7 +110,8 @@ class DemoResult:
     overbilled_request_id: str
     #: The call whose hidden reasoning the provider padded.
     inflated_request_id: str
-    #: The outcome of each CoIn audit (every non-streamed call), by call request id.
+    #: The outcome of each CoIn audit (every call, the writer's stream included), by call
+    #: request id.
     coin_audits: Mapping[str, CoinAuditOutcome]
     reconcile: dict[str, Any]
     reconcile_exit: int

@@ -44,16 +44,21 @@ recorder its round trip. A :class:`~tallystick.sdk.recorder.DeferredRecorder` su
 caller waits for neither: ``wrap(OpenAI(), recorder=BackgroundRecorder(sidecar))``.
 
 **CoIn audits.** With ``coin_audit=`` (the sidecar :class:`~tallystick.sdk.client.Client`, or a
-:class:`CoinAuditor` on it), a non-streamed ``openai`` ``chat.completions.create`` whose
-response carries a cooperating provider's offer (the top-level member ``"tallystick_coin"``,
+:class:`CoinAuditor` on it), an ``openai`` ``chat.completions.create`` whose response carries
+a cooperating provider's offer (the top-level member ``"tallystick_coin"``,
 :class:`~tallystick.verifier.coin.CoinOffer`) is audited once the call is recorded
 (:func:`tallystick.sdk.coin.audit_offer`): the prompt is
-:func:`~tallystick.verifier.coin.prompt_text` of the request's messages, the answer the one
-choice's content, the provider's request id the head's own (the response id when the head
-does not parse), and ``call_request_id`` the recorded call's ``request_id``. The sidecar logs
-the head, the challenge, the evidence and the verdict. Audits run on background daemon threads,
-at most ``max_in_flight`` at a time (more are logged and skipped), and never block nor fail the
-caller: failures are logged on this module's logger (WARNING, with their code) and kept in
+:func:`~tallystick.verifier.coin.prompt_text` of the request's messages as sent, the answer the
+one choice's content, the provider's request id the head's own (the response id when the head
+does not parse), and ``call_request_id`` the recorded call's ``request_id``. A stream carries
+the offer as the top-level member of a chunk (the last chunk that carries one wins; normally
+the final one, the usage chunk even when the wrapper hides it), its answer is the one choice's
+``delta.content`` strings concatenated in order, and it is audited when it ends; a stream
+closed before its end is recorded, but its offer is not audited (the answer is cut short:
+``sdk.coin_not_auditable``). The sidecar logs the head, the challenge, the evidence and the
+verdict. Audits run on background daemon threads, at most ``max_in_flight`` at a time (more
+are logged and skipped), never block nor fail the caller, and never change what it sees:
+failures are logged on this module's logger (WARNING, with their code) and kept in
 :meth:`CoinAuditor.outcomes`. :meth:`CoinAuditor.wait` waits for the audits in flight; call it
 before the sidecar client closes or the process exits (daemon threads die with it)::
 
@@ -64,7 +69,7 @@ before the sidecar client closes or the process exits (daemon threads die with i
         auditor.wait(60)
         [outcome.verdict for outcome in auditor.outcomes()]
 
-Not audited: streams, ``responses.create``, ``anthropic`` calls, responses with several
+Not audited: ``responses.create``, ``anthropic`` calls, responses and streams with several
 choices or without text content (logged as ``sdk.coin_not_auditable``). With a deferred
 recorder the audit starts when the record is built, so the head entry may precede the call's.
 """
@@ -88,7 +93,15 @@ from tallystick.verifier.errors import MalformedInput, TallystickError
 from tallystick.verifier.logentry import CallBody, Usage
 from tallystick.verifier.pricing import PriceTable
 
-from .adapters import CallSite, Observation, PreparedRequest, StreamReader, adapter_for
+from .adapters import (
+    AnswerReader,
+    CallSite,
+    CoinTexts,
+    Observation,
+    PreparedRequest,
+    StreamReader,
+    adapter_for,
+)
 from .coin import CoinVerdict, audit_offer, head_request_id
 from .context import current
 from .recorder import AsyncRecorder, DeferredRecorder, Recorder
@@ -109,6 +122,9 @@ _WRAPPED: Final = "__tallystick_wrapped__"
 DEFAULT_MAX_IN_FLIGHT: Final = 4
 #: Outcomes a :class:`CoinAuditor` keeps by default (the oldest go first).
 DEFAULT_KEEP_OUTCOMES: Final = 1000
+#: Builds a finished call's record (None: not recorded), with a function giving the answer a
+#: CoIn head binds (None: no single text answer); both may run off the caller's path.
+_Build = Callable[[], tuple[CallBody | None, Callable[[], str | None]]]
 
 
 def _sha256(value: Any) -> str:
@@ -127,6 +143,14 @@ def _json_body(obj: Any) -> Any:
     """The JSON body an SDK object was parsed from (openai and anthropic models: ``to_dict``)."""
     to_dict = getattr(obj, "to_dict", None)
     return to_dict() if callable(to_dict) else obj
+
+
+def _no_answer() -> str | None:
+    return None
+
+
+def _unrecorded() -> tuple[CallBody | None, Callable[[], str | None]]:
+    return None, _no_answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,16 +192,17 @@ class _Accounting:
 
     def response_call(
         self, start: _CallStart, response: Any, ended_ns: int
-    ) -> tuple[CallBody | None, Any]:
-        """The record of a whole (non-streamed) response, and its JSON body (None: unreadable)."""
+    ) -> tuple[CallBody | None, Callable[[], str | None]]:
+        """The record of a whole (non-streamed) response, and the answer its CoIn head binds."""
         try:
             body = _json_body(response)
             response_sha256 = _sha256(body)
         except Exception:
             _log.warning("tallystick: cannot read %s response", self.provider, exc_info=True)
-            return None, None
+            return None, _no_answer
         call = self.call(start, lambda: start.site.read_response(body), response_sha256, ended_ns)
-        return call, body
+        coin = start.site.coin
+        return call, (_no_answer if coin is None else functools.partial(coin.answer, body))
 
     def call(
         self,
@@ -237,12 +262,16 @@ class _Accounting:
 
 
 class _StreamAccounting:
-    """Follows one stream's events: which reach the caller, their hash, and the final record."""
+    """Follows one stream's events: which reach the caller, their hash, the final record, and
+    the CoIn offer ``coin`` watches for (None: none is audited)."""
 
-    def __init__(self, accounting: _Accounting, start: _CallStart) -> None:
+    def __init__(
+        self, accounting: _Accounting, start: _CallStart, coin: _StreamOffer | None = None
+    ) -> None:
         self._accounting = accounting
         self._start = start
         self._reader: StreamReader | None = start.site.stream_reader(start.request)
+        self._coin = coin
         self._hash: Any = hashlib.sha256(b"[")
         self._events = 0
         self.finished = False
@@ -255,28 +284,40 @@ class _StreamAccounting:
             body = _json_body(event)
             self._hash.update((b"," if self._events else b"") + canonicalize(body))
             self._events += 1
-            return self._reader.feed(body)
+            shown = self._reader.feed(body)
         except Exception:
             _log.warning("tallystick: cannot read a %s stream", self._accounting.provider)
             self._reader = None
             return True
+        if self._coin is not None:
+            self._coin.feed(body)
+        return shown
 
-    def finish(self) -> Callable[[], CallBody | None]:
-        """A function building the record, once (later calls, or an unreadable stream: None)."""
-        if self.finished or self._reader is None:
-            self.finished = True
-            return lambda: None
+    def finish(self, *, complete: bool) -> tuple[_Build, _Offered | None]:
+        """The function building the record, once (later calls, or an unreadable stream: None),
+        and the offer to audit once it is recorded; ``complete``: the stream ran to its end."""
+        if self.finished:
+            return _unrecorded, None
         self.finished = True
+        coin = self._coin
+        offered = None if coin is None else coin.offered(complete=complete)
+        answer = _no_answer if coin is None else coin.answer
+        if self._reader is None:
+            return (lambda: (None, answer)), offered
         self._hash.update(b"]")
         reader, digest, ended_ns = self._reader, self._hash.hexdigest(), time.perf_counter_ns()
-        return lambda: self._accounting.call(self._start, reader.result, digest, ended_ns)
+        accounting, start = self._accounting, self._start
+        return (lambda: (accounting.call(start, reader.result, digest, ended_ns), answer)), offered
 
 
 class _RecordedStream:
     """The caller's stream, unchanged except for hidden events; records when it ends."""
 
     def __init__(
-        self, inner: Any, tally: _StreamAccounting, record: Callable[[Callable[[], Any]], None]
+        self,
+        inner: Any,
+        tally: _StreamAccounting,
+        record: Callable[[_Build, _Offered | None], None],
     ):
         self._inner = inner
         self._iterator = iter(inner)
@@ -291,18 +332,16 @@ class _RecordedStream:
             try:
                 event = next(self._iterator)
             except StopIteration:
-                self._finish()
+                self._record(*self._tally.finish(complete=True))
                 raise
             if self._tally.feed(event):
                 return event
 
-    def _finish(self) -> None:
-        self._record(self._tally.finish())
-
     def close(self) -> None:
-        """Close the underlying stream; a stream closed early is recorded with what it said."""
+        """Close the underlying stream; a stream closed early is recorded with what it said
+        (and its CoIn offer, the answer being cut short, is not audited)."""
         self._inner.close()
-        self._finish()
+        self._record(*self._tally.finish(complete=False))
 
     def __enter__(self) -> _RecordedStream:
         return self
@@ -318,7 +357,10 @@ class _RecordedAsyncStream:
     """The asyncio form of :class:`_RecordedStream`."""
 
     def __init__(
-        self, inner: Any, tally: _StreamAccounting, record: Callable[[CallBody], Awaitable[None]]
+        self,
+        inner: Any,
+        tally: _StreamAccounting,
+        record: Callable[[_Build, _Offered | None], Awaitable[None]],
     ):
         self._inner = inner
         self._iterator = inner.__aiter__()
@@ -333,20 +375,16 @@ class _RecordedAsyncStream:
             try:
                 event = await self._iterator.__anext__()
             except StopAsyncIteration:
-                await self._finish()
+                await self._record(*self._tally.finish(complete=True))
                 raise
             if self._tally.feed(event):
                 return event
 
-    async def _finish(self) -> None:
-        call = self._tally.finish()()
-        if call is not None:
-            await self._record(call)
-
     async def close(self) -> None:
-        """Close the underlying stream; a stream closed early is recorded with what it said."""
+        """Close the underlying stream; a stream closed early is recorded with what it said
+        (and its CoIn offer, the answer being cut short, is not audited)."""
         await self._inner.close()
-        await self._finish()
+        await self._record(*self._tally.finish(complete=False))
 
     async def __aenter__(self) -> _RecordedAsyncStream:
         return self
@@ -535,32 +573,32 @@ class CoinAuditor:
 
 @dataclass(frozen=True, slots=True)
 class _Offered:
-    """A response that carried a CoIn offer, with the prompt as sent: taken on the caller's
-    path, since the caller may change its messages as soon as the call returns."""
+    """A call's CoIn offer, with the prompt as sent (None: ``why_not`` it cannot be audited):
+    taken on the caller's path, since the caller may change its messages as soon as the call
+    returns."""
 
     auditor: CoinAuditor
     offer: Any
     prompt: str | None
     why_not: str | None
-    answer_of: Callable[[Mapping[str, Any]], str | None]
 
-    def submit(self, call: CallBody | None, body: Any) -> None:
-        """Audit the offer of the recorded ``call`` whose response body is ``body``. Never
-        raises."""
+    def submit(self, call: CallBody | None, answer: Callable[[], str | None]) -> None:
+        """Audit the offer of the recorded ``call``, whose answer ``answer()`` gives (None: no
+        single text answer). Never raises."""
         if call is None:
             self.auditor.skip(None, "the call was not recorded")
             return
         try:
-            answer = self.answer_of(body)
+            text = None if self.prompt is None else answer()
         except Exception:
-            answer = None
-        if self.prompt is None or answer is None:
+            text = None
+        if self.prompt is None or text is None:
             self.auditor.skip(call.request_id, self.why_not or "no single text answer")
             return
         self.auditor.submit(
             self.offer,
             prompt=self.prompt,
-            answer=answer,
+            answer=text,
             response_id=call.request_id,
             call_request_id=call.request_id,
         )
@@ -575,10 +613,20 @@ def _offer_member(response: Any) -> Any:
     return extra.get(OFFER_MEMBER) if isinstance(extra, Mapping) else None
 
 
+def _coin_prompt(coin: CoinTexts, request: PreparedRequest) -> tuple[str | None, str | None]:
+    """The prompt a call's CoIn head binds, else None and why not. Never raises."""
+    try:
+        return coin.prompt(request.kwargs), None
+    except MalformedInput as exc:
+        return None, f"{exc.code}: {exc}"
+    except Exception as exc:
+        return None, type(exc).__name__
+
+
 def _offered(auditor: CoinAuditor | None, start: _CallStart, response: Any) -> _Offered | None:
     """What to audit after a non-streamed call, or None (no auditor, no offer). Never raises."""
-    site = start.site
-    if auditor is None or site.coin is None:
+    coin = start.site.coin
+    if auditor is None or coin is None:
         return None
     try:
         offer = _offer_member(response)
@@ -586,13 +634,62 @@ def _offered(auditor: CoinAuditor | None, start: _CallStart, response: Any) -> _
         return None
     if offer is None:
         return None
-    answer_of = site.coin.answer
-    try:
-        return _Offered(auditor, offer, site.coin.prompt(start.request.kwargs), None, answer_of)
-    except MalformedInput as exc:
-        return _Offered(auditor, offer, None, f"{exc.code}: {exc}", answer_of)
-    except Exception as exc:
-        return _Offered(auditor, offer, None, type(exc).__name__, answer_of)
+    return _Offered(auditor, offer, *_coin_prompt(coin, start.request))
+
+
+class _StreamOffer:
+    """Watches a stream for a CoIn offer (the last ``"tallystick_coin"`` member its events
+    carry) and reads the answer as it goes; the prompt is taken when the call is made."""
+
+    def __init__(self, auditor: CoinAuditor, coin: CoinTexts, start: _CallStart) -> None:
+        self._auditor = auditor
+        self._prompt, self._why_not = _coin_prompt(coin, start.request)
+        self._reader: AnswerReader | None = None
+        if coin.stream_answer is not None:
+            self._reader = coin.stream_answer()
+        self._offer: Any = None
+
+    def feed(self, body: Any) -> None:
+        """Take one event's JSON body. Never raises."""
+        try:
+            offer = _offer_member(body)
+            if offer is not None:
+                self._offer = offer
+            if self._reader is not None:
+                self._reader.feed(body)
+        except Exception:  # an adapter bug: no answer, the stream goes on
+            self._reader = None
+
+    def answer(self) -> str | None:
+        """The answer streamed (None: no single text answer)."""
+        return None if self._reader is None else self._reader.answer()
+
+    def offered(self, *, complete: bool) -> _Offered | None:
+        """What to audit once the call is recorded, or None (no offer); an offer in a stream
+        closed before its end is not auditable (its answer is cut short)."""
+        if self._offer is None:
+            return None
+        if not complete:
+            return _Offered(self._auditor, self._offer, None, "the stream was closed early")
+        return _Offered(self._auditor, self._offer, self._prompt, self._why_not)
+
+
+def _stream_offer(auditor: CoinAuditor | None, start: _CallStart) -> _StreamOffer | None:
+    """What watches a stream for an offer, or None (no auditor, or this site's streams are
+    not audited)."""
+    coin = start.site.coin
+    if auditor is None or coin is None or coin.stream_answer is None:
+        return None
+    return _StreamOffer(auditor, coin, start)
+
+
+def _built_then_audited(build: _Build, offered: _Offered | None) -> CallBody | None:
+    """``build()``'s record, after starting the audit of ``offered`` (a deferred recorder's
+    build: the head entry may precede the call's)."""
+    call, answer = build()
+    if offered is not None:
+        offered.submit(call, answer)
+    return call
 
 
 def _sync_method(
@@ -602,39 +699,26 @@ def _sync_method(
     recorder: Recorder | DeferredRecorder,
     auditor: CoinAuditor | None,
 ) -> Callable[..., Any]:
-    def record(build: Callable[[], CallBody | None]) -> None:
+    def record(build: _Build, offered: _Offered | None) -> None:
         if isinstance(recorder, DeferredRecorder):
-            recorder.record_later(build)
+            recorder.record_later(functools.partial(_built_then_audited, build, offered))
             return
-        call = build()
-        if call is not None:
-            recorder.record(call)
-
-    def record_response(start: _CallStart, result: Any, ended_ns: int) -> None:
-        offered = _offered(auditor, start, result)
-
-        def build() -> CallBody | None:  # deferred: the audit starts as the record is built
-            call, body = accounting.response_call(start, result, ended_ns)
-            if offered is not None:
-                offered.submit(call, body)
-            return call
-
-        if isinstance(recorder, DeferredRecorder):
-            recorder.record_later(build)
-            return
-        call, body = accounting.response_call(start, result, ended_ns)
+        call, answer = build()
         if call is not None:
             recorder.record(call)
         if offered is not None:
-            offered.submit(call, body)
+            offered.submit(call, answer)
 
     @functools.wraps(original)
     def create(*args: Any, **kwargs: Any) -> Any:
         start = accounting.start(site, kwargs)
         result = original(*args, **start.request.kwargs)
         if start.request.kwargs.get("stream") is True:
-            return _RecordedStream(result, _StreamAccounting(accounting, start), record)
-        record_response(start, result, time.perf_counter_ns())
+            tally = _StreamAccounting(accounting, start, _stream_offer(auditor, start))
+            return _RecordedStream(result, tally, record)
+        offered = _offered(auditor, start, result)
+        ended_ns = time.perf_counter_ns()
+        record(functools.partial(accounting.response_call, start, result, ended_ns), offered)
         return result
 
     setattr(create, _WRAPPED, True)
@@ -648,23 +732,25 @@ def _async_method(
     recorder: Recorder | AsyncRecorder,
     auditor: CoinAuditor | None,
 ) -> Callable[..., Any]:
-    async def record(call: CallBody) -> None:
-        outcome = recorder.record(call)
-        if inspect.isawaitable(outcome):
-            await outcome
+    async def record(build: _Build, offered: _Offered | None) -> None:
+        call, answer = build()
+        if call is not None:
+            outcome = recorder.record(call)
+            if inspect.isawaitable(outcome):
+                await outcome
+        if offered is not None:
+            offered.submit(call, answer)
 
     @functools.wraps(original)
     async def create(*args: Any, **kwargs: Any) -> Any:
         start = accounting.start(site, kwargs)
         result = await original(*args, **start.request.kwargs)
         if start.request.kwargs.get("stream") is True:
-            return _RecordedAsyncStream(result, _StreamAccounting(accounting, start), record)
+            tally = _StreamAccounting(accounting, start, _stream_offer(auditor, start))
+            return _RecordedAsyncStream(result, tally, record)
         offered = _offered(auditor, start, result)
-        call, body = accounting.response_call(start, result, time.perf_counter_ns())
-        if call is not None:
-            await record(call)
-        if offered is not None:
-            offered.submit(call, body)
+        ended_ns = time.perf_counter_ns()
+        await record(functools.partial(accounting.response_call, start, result, ended_ns), offered)
         return result
 
     setattr(create, _WRAPPED, True)

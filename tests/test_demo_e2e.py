@@ -99,9 +99,10 @@ def test_each_finding_carries_a_proof_anyone_with_the_log_key_can_check(demo: De
 
 
 def test_every_offered_call_is_audited_and_only_the_padded_one_fails(demo: DemoResult) -> None:
-    # Every non-streamed call carried an offer and was audited; the writer's stream was not.
-    offered = {*demo.request_ids["orchestrator"], *demo.request_ids["researcher"]}
-    assert demo.inflated_request_id in offered and len(offered) == 3
+    # Every call carried an offer and was audited, the writer's stream included.
+    offered = {request_id for ids in demo.request_ids.values() for request_id in ids}
+    assert demo.inflated_request_id in offered and len(offered) == 4
+    assert set(demo.request_ids["writer"]) <= offered
     assert set(demo.coin_audits) == offered
     for request_id, outcome in demo.coin_audits.items():
         assert outcome.error_code is None and outcome.verdict is not None, outcome
@@ -186,7 +187,7 @@ def test_the_exported_log_verifies_and_the_report_is_written(demo: DemoResult) -
         f for f in demo.reconcile["findings"] if f["kind"] == "reasoning_audit_failed"
     ]
     assert f"reasoning_audit_failed: entry {audit_finding['entries'][-1]}:" in printed
-    assert "2 consistent, 1 failed" in printed
+    assert "3 consistent, 1 failed" in printed  # the writer's stream is audited too
     assert f"request {demo.inflated_request_id}: score" in printed
 
 

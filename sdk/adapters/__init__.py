@@ -23,6 +23,7 @@ from tallystick.verifier.logentry import Usage
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "AnswerReader",
     "CallSite",
     "CoinTexts",
     "Observation",
@@ -78,11 +79,23 @@ class StreamReader(Protocol):
         ...
 
 
+class AnswerReader(Protocol):
+    """Reads a stream's events (as JSON objects) in order, for the answer a CoIn head binds."""
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        """Take one event."""
+        ...
+
+    def answer(self) -> str | None:
+        """The answer streamed so far; None when the stream has no single text answer."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CoinTexts:
     """The texts a CoIn head binds for one call site's calls (coin.md §4.3).
 
-    Both MUST give exactly what the provider committed to: for chat requests,
+    All MUST give exactly what the provider committed to: for chat requests,
     :func:`tallystick.verifier.coin.prompt_text` of the messages and the delivered content.
     """
 
@@ -91,6 +104,8 @@ class CoinTexts:
     prompt: Callable[[Mapping[str, Any]], str]
     #: The answer of a whole response body; None when it has no single text answer.
     answer: Callable[[Mapping[str, Any]], str | None]
+    #: A fresh reader of one streamed call's answer; None: this site's streams are not audited.
+    stream_answer: Callable[[], AnswerReader] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +122,7 @@ class CallSite:
     read_response: Callable[[Mapping[str, Any]], Observation]
     #: A fresh reader for one streamed call.
     stream_reader: Callable[[PreparedRequest], StreamReader]
-    #: The texts of a non-streamed call's CoIn offer; None: this site's calls are not audited.
+    #: The texts of a call's CoIn offer; None: this site's calls are not audited.
     coin: CoinTexts | None = None
 
 

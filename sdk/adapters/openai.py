@@ -5,8 +5,9 @@ the caller did not, :func:`_prepare_chat` sets it and the usage-only chunk (empt
 is hidden from the caller. Responses streams carry the final usage in ``response.completed``
 (or ``response.incomplete`` / ``response.failed``).
 
-Only non-streamed chat completions are CoIn-audited (:data:`_CHAT_COIN`): the head binds
-``prompt_text(messages)`` and the content of the one choice.
+Chat completions are CoIn-audited (:data:`_CHAT_COIN`): the head binds
+``prompt_text(messages)`` and the content of the one choice; for a stream, its ``delta.content``
+strings concatenated in order.
 """
 
 from __future__ import annotations
@@ -88,7 +89,33 @@ def _chat_answer(body: Mapping[str, Any]) -> str | None:
     return texts[0]
 
 
-_CHAT_COIN: Final = CoinTexts(prompt=_chat_prompt, answer=_chat_answer)
+class _ChatStreamAnswer:
+    """The one choice's ``delta.content`` strings, concatenated in order: None with several
+    choices or no text content, as :func:`_chat_answer`."""
+
+    def __init__(self) -> None:
+        self._indices: set[int | None] = set()
+        self._parts: list[str] = []
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        choices = event.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            index = choice.get("index", 0) if isinstance(choice, Mapping) else None
+            self._indices.add(index if isinstance(index, int) else None)
+            delta = choice.get("delta") if isinstance(choice, Mapping) else None
+            content = delta.get("content") if isinstance(delta, Mapping) else None
+            if isinstance(content, str):
+                self._parts.append(content)
+
+    def answer(self) -> str | None:
+        if len(self._indices) != 1 or not self._parts:
+            return None
+        return "".join(self._parts)
+
+
+_CHAT_COIN: Final = CoinTexts(
+    prompt=_chat_prompt, answer=_chat_answer, stream_answer=_ChatStreamAnswer
+)
 
 
 class _ChatStreamReader:

@@ -1,8 +1,10 @@
 """wrap(..., coin_audit=) end to end: a real tallystickd, a real CoIn provider server, the demo
-LLM server as the cooperating provider, and a real ``openai`` client.
+LLM server as the cooperating provider, and a real ``openai`` client; whole responses and
+streams.
 
-One daemon, one provider server and two LLM servers (one honest, one whose commits go through a
-proxy that edits the answer) serve the whole module; the sidecar loads its engine once.
+One daemon, one provider server and three LLM servers (one honest, one whose commits go through
+a proxy that edits the answer, one that offers nothing) serve the whole module; the sidecar
+loads its engine once.
 """
 
 from __future__ import annotations
@@ -132,6 +134,13 @@ def broken_llm(traces_file: Path, provider: ProviderServer) -> Iterator[LLMServe
             yield server
     finally:
         proxy.close()
+
+
+@pytest.fixture(scope="module")
+def plain_llm(traces_file: Path) -> Iterator[LLMServer]:
+    """The demo server as a provider that offers no audit."""
+    with LLMServer(load_traces(traces_file)) as server:
+        yield server
 
 
 @pytest.fixture
@@ -459,3 +468,314 @@ class _AsyncSidecar:
 def test_an_async_sidecar_client_is_refused() -> None:
     with pytest.raises(TypeError, match="AsyncClient"):
         CoinAuditor(_AsyncSidecar())  # type: ignore[arg-type]
+
+
+# -- streams ---------------------------------------------------------------------------------------
+
+
+def _text(chunks: list[Any]) -> str:
+    return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+
+
+def _comparable(chunks: list[Any]) -> list[dict[str, Any]]:
+    """The chunks' bodies less what differs from one call to the next: the id, the time, and
+    the offer's own bytes (its head names the call)."""
+    bodies = []
+    for chunk in chunks:
+        body = chunk.to_dict()
+        assert body.pop("id") == chunks[0].id
+        body.pop("created")
+        if "tallystick_coin" in body:
+            body["tallystick_coin"] = "an offer"
+        bodies.append(body)
+    return bodies
+
+
+def test_a_streamed_call_is_recorded_then_audited(
+    sidecar: Sidecar,
+    llm: LLMServer,
+    signer: NoteSigner,
+    short_traces: list[dict[str, Any]],
+    policy: Policy,
+) -> None:
+    """The caller did not ask for usage: the offer comes in the usage chunk the wrapper hides."""
+    trace = short_traces[0]
+    start = _size(sidecar)
+    with Client(sidecar.address("alice"), policy=policy) as client:
+        auditor = CoinAuditor(client)
+        llm_client = wrap(_openai(llm), recorder=client, coin_audit=auditor)
+        stream = llm_client.chat.completions.create(
+            model=MODEL, messages=_messages(trace), stream=True
+        )
+        chunks = list(stream)
+        assert auditor.wait(WAIT_S)
+
+    request_id = chunks[0].id
+    assert _text(chunks) == trace["answer"]
+    assert all(chunk.choices and chunk.usage is None for chunk in chunks)  # usage chunk hidden
+
+    # The call is recorded first, then the head, challenge, evidence and verdict entries.
+    entries = sidecar.entries(start)
+    call, *audit = entries
+    assert call.kind.value == "call" and call.body["request_id"] == request_id
+    assert [entry.kind.value for entry in audit] == ["audit"] * len(audit)
+    head, challenge, *parts, final = [entry.body for entry in audit]
+    assert (head["coin"], challenge["coin"], final["coin"]) == ("head", "challenge", "verdict")
+    assert head["call_request_id"] == request_id
+    assert parts and {part["coin"] for part in parts} == {"evidence"}
+
+    # The head commits to this call's streamed answer and to the reasoning it billed.
+    committed = verify_head(
+        head["head_note"],
+        signer.verifier,
+        answer=_text(chunks),
+        prompt=prompt_text(_messages(trace)),
+    )
+    assert committed.request_id == request_id
+    assert committed.reasoning_tokens == call.body["usage"]["reasoning_output_tokens"]
+
+    (outcome,) = auditor.outcomes()
+    assert outcome.call_request_id == request_id and outcome.error_code is None
+    verdict = outcome.verdict
+    assert verdict is not None and verdict.consistent, verdict
+    assert verdict.verdict_entry_index == start + len(entries) - 1
+    assert final["consistent"] is True
+    assert verify_evidence(verdict.evidence, provider_key=signer.verifier).consistent
+
+
+def test_a_streamed_call_shows_the_caller_what_it_would_see_unwrapped(
+    sidecar: Sidecar, llm: LLMServer, short_traces: list[dict[str, Any]], policy: Policy
+) -> None:
+    """The caller asked for usage: the offer rides the usage chunk, and the caller sees it."""
+    trace = short_traces[1]
+    kwargs: dict[str, Any] = {
+        "model": MODEL,
+        "messages": _messages(trace),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    plain = list(_openai(llm).chat.completions.create(**kwargs))
+    with Client(sidecar.address("bob"), policy=policy) as client:
+        auditor = CoinAuditor(client)
+        llm_client = wrap(_openai(llm), recorder=client, coin_audit=auditor)
+        seen = list(llm_client.chat.completions.create(**kwargs))
+        assert auditor.wait(WAIT_S)
+
+    assert _comparable(seen) == _comparable(plain)
+    last = seen[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.model_extra is not None and "tallystick_coin" in last.model_extra
+    (outcome,) = auditor.outcomes()
+    assert outcome.call_request_id == last.id
+    assert outcome.verdict is not None and outcome.verdict.consistent, outcome
+    # The head the sidecar logged is the offer the caller saw, countersigned.
+    offer = CoinOffer.from_json(last.model_extra["tallystick_coin"])
+    heads = [body for body in _audit_bodies(sidecar, 0) if body.get("call_request_id") == last.id]
+    assert [head["coin"] for head in heads][:1] == ["head"]
+    assert _countersigned(heads[0]["head_note"], offer.head_note)
+
+
+def test_an_async_stream_is_audited_too(
+    sidecar: Sidecar, llm: LLMServer, short_traces: list[dict[str, Any]], policy: Policy
+) -> None:
+    trace = short_traces[3]
+    start = _size(sidecar)
+    with Client(sidecar.address("carol"), policy=policy) as client:
+        auditor = CoinAuditor(client)
+        llm_client = wrap(
+            openai.AsyncOpenAI(base_url=llm.base_url, api_key="test", max_retries=0),
+            recorder=client,
+            coin_audit=auditor,
+        )
+
+        async def call() -> list[Any]:
+            stream = await llm_client.chat.completions.create(
+                model=MODEL, messages=_messages(trace), stream=True
+            )
+            return [chunk async for chunk in stream]
+
+        chunks = asyncio.run(call())
+        assert auditor.wait(WAIT_S)
+
+    assert _text(chunks) == trace["answer"]
+    (outcome,) = auditor.outcomes()
+    assert outcome.call_request_id == chunks[0].id
+    assert outcome.verdict is not None and outcome.verdict.consistent, outcome
+    heads = [body for body in _audit_bodies(sidecar, start) if body["coin"] == "head"]
+    assert [head["call_request_id"] for head in heads] == [chunks[0].id]
+
+
+def test_a_deferred_recorder_audits_a_stream_with_the_prompt_as_sent(
+    sidecar: Sidecar, llm: LLMServer, short_traces: list[dict[str, Any]], policy: Policy
+) -> None:
+    trace = short_traces[4]
+    messages = _messages(trace)
+    start = _size(sidecar)
+    with Client(sidecar.address("alice"), policy=policy) as client:
+        auditor = CoinAuditor(client)
+        with BackgroundRecorder(client) as recorder:
+            llm_client = wrap(_openai(llm), recorder=recorder, coin_audit=auditor)
+            chunks = []
+            for chunk in llm_client.chat.completions.create(
+                model=MODEL, messages=messages, stream=True
+            ):
+                chunks.append(chunk)
+                if len(messages) == 1:  # while it streams: not what was sent
+                    messages.append({"role": "assistant", "content": "thinking..."})
+        assert auditor.wait(WAIT_S)
+
+    (outcome,) = auditor.outcomes()
+    assert outcome.verdict is not None and outcome.verdict.consistent, outcome
+    entries = sidecar.entries(start)
+    (call,) = [entry.body for entry in entries if entry.kind.value == "call"]
+    (head,) = [entry.body for entry in entries if entry.body.get("coin") == "head"]
+    assert call["request_id"] == head["call_request_id"] == chunks[0].id
+
+
+def test_a_stream_closed_early_is_not_audited(
+    sidecar: Sidecar,
+    llm: LLMServer,
+    short_traces: list[dict[str, Any]],
+    policy: Policy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The caller stops at the chunk that carries the offer, before the stream's end."""
+    trace = short_traces[5]
+    start = _size(sidecar)
+    with (
+        caplog.at_level(logging.WARNING, logger="tallystick.sdk.wrap"),
+        Client(sidecar.address("alice"), policy=policy) as client,
+    ):
+        auditor = CoinAuditor(client)
+        llm_client = wrap(_openai(llm), recorder=client, coin_audit=auditor)
+        with llm_client.chat.completions.create(
+            model=MODEL,
+            messages=_messages(trace),
+            stream=True,
+            stream_options={"include_usage": True},
+        ) as stream:
+            for chunk in stream:
+                if chunk.model_extra and "tallystick_coin" in chunk.model_extra:
+                    break
+            else:
+                pytest.fail("no chunk carried an offer")
+        assert auditor.wait(WAIT_S)
+
+    assert auditor.outcomes() == [CoinAuditOutcome(chunk.id, None, "sdk.coin_not_auditable")]
+    (call,) = sidecar.entries(start)  # recorded with what it said, and nothing audited
+    assert call.kind.value == "call" and call.body["request_id"] == chunk.id
+    assert any(
+        "sdk.coin_not_auditable" in record.getMessage() and chunk.id in record.getMessage()
+        for record in caplog.records
+    )
+
+
+def test_a_stream_without_an_offer_starts_no_audit(
+    sidecar: Sidecar, plain_llm: LLMServer, short_traces: list[dict[str, Any]], policy: Policy
+) -> None:
+    trace = short_traces[0]
+    start = _size(sidecar)
+    with Client(sidecar.address("alice"), policy=policy) as client:
+        auditor = CoinAuditor(client)
+        llm_client = wrap(_openai(plain_llm), recorder=client, coin_audit=auditor)
+        chunks = list(
+            llm_client.chat.completions.create(model=MODEL, messages=_messages(trace), stream=True)
+        )
+        assert auditor.in_flight == 0
+
+    assert _text(chunks) == trace["answer"]
+    assert auditor.outcomes() == []
+    (call,) = sidecar.entries(start)
+    assert call.kind.value == "call" and call.body["request_id"] == chunks[0].id
+
+
+def test_a_streamed_offer_with_a_bad_head_is_logged_and_the_caller_unaffected(
+    sidecar: Sidecar,
+    broken_llm: LLMServer,
+    short_traces: list[dict[str, Any]],
+    policy: Policy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    trace = short_traces[2]
+    start = _size(sidecar)
+    with (
+        caplog.at_level(logging.WARNING, logger="tallystick.sdk.wrap"),
+        Client(sidecar.address("alice"), policy=policy) as client,
+    ):
+        auditor = CoinAuditor(client)
+        llm_client = wrap(_openai(broken_llm), recorder=client, coin_audit=auditor)
+        chunks = list(
+            llm_client.chat.completions.create(model=MODEL, messages=_messages(trace), stream=True)
+        )
+        assert auditor.wait(WAIT_S)
+
+    request_id = chunks[0].id
+    assert _text(chunks) == trace["answer"]
+    assert auditor.outcomes() == [CoinAuditOutcome(request_id, None, "coin.answer_mismatch")]
+    (call,) = sidecar.entries(start)  # the call, and nothing for the bad head
+    assert call.kind.value == "call" and call.body["request_id"] == request_id
+    assert any(
+        "coin.answer_mismatch" in record.getMessage() and request_id in record.getMessage()
+        for record in caplog.records
+    )
+
+
+_OFFER = {
+    "format": "tallystick.coin.offer/v1",
+    "head_note": "never parsed",
+    "provider_vkey": "never parsed",
+    "sketch": "",
+    "openings_url": "http://provider.invalid/coin/v1/open",
+}
+
+
+@pytest.mark.parametrize(
+    "deltas",
+    [
+        pytest.param([(0, {"content": "4"}), (1, {"content": "four"})], id="two-choices"),
+        pytest.param(
+            [(0, {"tool_calls": [{"index": 0, "id": "t", "function": {"name": "f"}}]})],
+            id="no-text",
+        ),
+    ],
+)
+def test_a_stream_without_a_single_text_answer_is_not_audited(
+    sidecar: Sidecar, policy: Policy, deltas: list[tuple[int, dict[str, Any]]]
+) -> None:
+    chunk = {"id": "chatcmpl-sse", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+    events = [
+        {**chunk, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
+        for index, delta in deltas
+    ]
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    events.append({**chunk, "choices": [], "usage": usage, "tallystick_coin": _OFFER})
+    body = "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, content=body.encode()
+        )
+
+    start = _size(sidecar)
+    with Client(sidecar.address("alice"), policy=policy) as client:
+        auditor = CoinAuditor(client)
+        llm_client = wrap(
+            openai.OpenAI(
+                base_url="http://provider.invalid/v1",
+                api_key="test",
+                max_retries=0,
+                http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+            ),
+            recorder=client,
+            coin_audit=auditor,
+        )
+        seen = list(
+            llm_client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "2+2?"}], n=2, stream=True
+            )
+        )
+        assert auditor.wait(WAIT_S)
+
+    assert len(seen) == len(deltas)  # the usage chunk, offer and all, hidden as ever
+    assert auditor.outcomes() == [CoinAuditOutcome("chatcmpl-sse", None, "sdk.coin_not_auditable")]
+    assert [entry.kind.value for entry in sidecar.entries(start)] == ["call"]

@@ -9,6 +9,12 @@ Unstable machinery behind :mod:`tallystick.verifier.coin`. The flow::
     provider answers         {"openings": [{"index", "leaf", "salt", "token_id", "proof"}, ...],
                               "sketch_key": base64}
 
+A streamed chat completion carries the offer as the same top-level member of a chunk: the last
+chunk that carries one wins, normally the final one (the ``usage`` chunk when
+``stream_options.include_usage`` is set, else the last content chunk); the answer the head
+binds is the single choice's ``delta.content`` strings concatenated in order, the prompt
+:func:`prompt_text` of the messages as for a whole response.
+
 Byte strings are standard base64 with padding (RFC 4648 §4); the opening object is exactly the
 one :class:`~tallystick.verifier.coin.Evidence` documents carry. :func:`prompt_text` defines
 the prompt whose SHA-256 the head binds for chat-style requests. :class:`HttpOpener` is the
@@ -36,7 +42,8 @@ from .encoding import b64_decode, b64_encode
 
 #: The ``format`` member of every v1 offer.
 OFFER_FORMAT: Final = "tallystick.coin.offer/v1"
-#: The top-level member of an OpenAI-compatible response body that carries the offer.
+#: The top-level member of an OpenAI-compatible response body (or stream chunk) that carries
+#: the offer.
 OFFER_MEMBER: Final = "tallystick_coin"
 #: Longest ``openings_url`` accepted (browsers' and proxies' common limit is about 2 KB).
 MAX_URL_CHARS: Final = 2048
