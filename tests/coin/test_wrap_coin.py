@@ -10,6 +10,7 @@ loads its engine once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import tempfile
@@ -159,6 +160,16 @@ def _openai(server: LLMServer, wire: _Wire | None = None) -> openai.OpenAI:
     return openai.OpenAI(
         base_url=server.base_url, api_key="test", max_retries=0, http_client=http_client
     )
+
+
+@contextlib.contextmanager
+def _wrapped_openai(
+    sidecar: Sidecar, llm: LLMServer, policy: Policy, *, agent: str = "alice"
+) -> Iterator[tuple[openai.OpenAI, CoinAuditor]]:
+    """``llm``'s OpenAI client wrapped to record on ``agent``'s sidecar client and audit there."""
+    with Client(sidecar.address(agent), policy=policy) as client:
+        auditor = CoinAuditor(client)
+        yield wrap(_openai(llm), recorder=client, coin_audit=auditor), auditor
 
 
 def _messages(trace: dict[str, Any]) -> list[dict[str, Any]]:
@@ -335,10 +346,8 @@ def test_a_broken_offer_never_reaches_the_caller_nor_the_log(
     start = _size(sidecar)
     with (
         caplog.at_level(logging.WARNING, logger="tallystick.sdk.wrap"),
-        Client(sidecar.address("alice"), policy=policy) as client,
+        _wrapped_openai(sidecar, broken_llm, policy) as (llm_client, auditor),
     ):
-        auditor = CoinAuditor(client)
-        llm_client = wrap(_openai(broken_llm), recorder=client, coin_audit=auditor)
         response = llm_client.chat.completions.create(model=MODEL, messages=_messages(trace))
         assert auditor.wait(WAIT_S)
 
@@ -501,9 +510,7 @@ def test_a_streamed_call_is_recorded_then_audited(
     """The caller did not ask for usage: the offer comes in the usage chunk the wrapper hides."""
     trace = short_traces[0]
     start = _size(sidecar)
-    with Client(sidecar.address("alice"), policy=policy) as client:
-        auditor = CoinAuditor(client)
-        llm_client = wrap(_openai(llm), recorder=client, coin_audit=auditor)
+    with _wrapped_openai(sidecar, llm, policy) as (llm_client, auditor):
         stream = llm_client.chat.completions.create(
             model=MODEL, messages=_messages(trace), stream=True
         )
@@ -555,9 +562,7 @@ def test_a_streamed_call_shows_the_caller_what_it_would_see_unwrapped(
         "stream_options": {"include_usage": True},
     }
     plain = list(_openai(llm).chat.completions.create(**kwargs))
-    with Client(sidecar.address("bob"), policy=policy) as client:
-        auditor = CoinAuditor(client)
-        llm_client = wrap(_openai(llm), recorder=client, coin_audit=auditor)
+    with _wrapped_openai(sidecar, llm, policy, agent="bob") as (llm_client, auditor):
         seen = list(llm_client.chat.completions.create(**kwargs))
         assert auditor.wait(WAIT_S)
 
@@ -644,10 +649,8 @@ def test_a_stream_closed_early_is_not_audited(
     start = _size(sidecar)
     with (
         caplog.at_level(logging.WARNING, logger="tallystick.sdk.wrap"),
-        Client(sidecar.address("alice"), policy=policy) as client,
+        _wrapped_openai(sidecar, llm, policy) as (llm_client, auditor),
     ):
-        auditor = CoinAuditor(client)
-        llm_client = wrap(_openai(llm), recorder=client, coin_audit=auditor)
         with llm_client.chat.completions.create(
             model=MODEL,
             messages=_messages(trace),
@@ -675,9 +678,7 @@ def test_a_stream_without_an_offer_starts_no_audit(
 ) -> None:
     trace = short_traces[0]
     start = _size(sidecar)
-    with Client(sidecar.address("alice"), policy=policy) as client:
-        auditor = CoinAuditor(client)
-        llm_client = wrap(_openai(plain_llm), recorder=client, coin_audit=auditor)
+    with _wrapped_openai(sidecar, plain_llm, policy) as (llm_client, auditor):
         chunks = list(
             llm_client.chat.completions.create(model=MODEL, messages=_messages(trace), stream=True)
         )
@@ -700,10 +701,8 @@ def test_a_streamed_offer_with_a_bad_head_is_logged_and_the_caller_unaffected(
     start = _size(sidecar)
     with (
         caplog.at_level(logging.WARNING, logger="tallystick.sdk.wrap"),
-        Client(sidecar.address("alice"), policy=policy) as client,
+        _wrapped_openai(sidecar, broken_llm, policy) as (llm_client, auditor),
     ):
-        auditor = CoinAuditor(client)
-        llm_client = wrap(_openai(broken_llm), recorder=client, coin_audit=auditor)
         chunks = list(
             llm_client.chat.completions.create(model=MODEL, messages=_messages(trace), stream=True)
         )
