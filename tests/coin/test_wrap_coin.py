@@ -16,7 +16,7 @@ import logging
 import tempfile
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -162,14 +162,24 @@ def _openai(server: LLMServer, wire: _Wire | None = None) -> openai.OpenAI:
     )
 
 
+def _async_openai(server: LLMServer) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+
+
 @contextlib.contextmanager
 def _wrapped_openai(
-    sidecar: Sidecar, llm: LLMServer, policy: Policy, *, agent: str = "alice"
-) -> Iterator[tuple[openai.OpenAI, CoinAuditor]]:
-    """``llm``'s OpenAI client wrapped to record on ``agent``'s sidecar client and audit there."""
+    sidecar: Sidecar,
+    llm: LLMServer,
+    policy: Policy,
+    *,
+    agent: str = "alice",
+    make_client: Callable[[LLMServer], Any] = _openai,
+) -> Iterator[tuple[Any, CoinAuditor]]:
+    """``llm``'s OpenAI client (sync by default) wrapped to record on ``agent``'s sidecar
+    client and audit there."""
     with Client(sidecar.address(agent), policy=policy) as client:
         auditor = CoinAuditor(client)
-        yield wrap(_openai(llm), recorder=client, coin_audit=auditor), auditor
+        yield wrap(make_client(llm), recorder=client, coin_audit=auditor), auditor
 
 
 def _messages(trace: dict[str, Any]) -> list[dict[str, Any]]:
@@ -250,13 +260,10 @@ def test_an_async_client_is_audited_too(
 ) -> None:
     trace = short_traces[3]
     start = _size(sidecar)
-    with Client(sidecar.address("bob"), policy=policy) as client:
-        auditor = CoinAuditor(client)
-        llm_client = wrap(
-            openai.AsyncOpenAI(base_url=llm.base_url, api_key="test", max_retries=0),
-            recorder=client,
-            coin_audit=auditor,
-        )
+    with _wrapped_openai(sidecar, llm, policy, agent="bob", make_client=_async_openai) as (
+        llm_client,
+        auditor,
+    ):
 
         async def call() -> Any:
             return await llm_client.chat.completions.create(model=MODEL, messages=_messages(trace))
@@ -585,13 +592,10 @@ def test_an_async_stream_is_audited_too(
 ) -> None:
     trace = short_traces[3]
     start = _size(sidecar)
-    with Client(sidecar.address("carol"), policy=policy) as client:
-        auditor = CoinAuditor(client)
-        llm_client = wrap(
-            openai.AsyncOpenAI(base_url=llm.base_url, api_key="test", max_retries=0),
-            recorder=client,
-            coin_audit=auditor,
-        )
+    with _wrapped_openai(sidecar, llm, policy, agent="carol", make_client=_async_openai) as (
+        llm_client,
+        auditor,
+    ):
 
         async def call() -> list[Any]:
             stream = await llm_client.chat.completions.create(
