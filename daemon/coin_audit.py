@@ -56,13 +56,11 @@ from tallystick.proto import audit_pb2
 from tallystick.verifier import merkle
 from tallystick.verifier.checkpoint import NoteVerifier
 from tallystick.verifier.coin import (
-    EVIDENCE_PART_BUDGET,
     SALT_BYTES,
     Leaf,
     Opening,
     evidence_parts,
     indices_sha256,
-    join_evidence,
     verify_head,
 )
 from tallystick.verifier.errors import MalformedInput, TallystickError
@@ -77,7 +75,6 @@ if TYPE_CHECKING:
 __all__ = [
     "AUDIT_ID_BYTES",
     "CACHE_DIR_NAME",
-    "EVIDENCE_PART_BUDGET",
     "MAX_CALL_REQUEST_ID",
     "MAX_PENDING",
     "MAX_PENDING_TEXT",
@@ -89,9 +86,6 @@ __all__ = [
     "CoinAudits",
     "PendingAudits",
     "default_auditor",
-    "evidence_parts",
-    "indices_sha256",
-    "join_evidence",
 ]
 
 #: Pending audits held at most (the oldest is dropped first); the ``coin_pending_max`` default.

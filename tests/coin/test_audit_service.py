@@ -29,9 +29,6 @@ from tallystick.daemon.coin_audit import (
     CoinAudits,
     CoinAuditService,
     PendingAudits,
-    evidence_parts,
-    indices_sha256,
-    join_evidence,
 )
 from tallystick.daemon.identity import Caller
 from tallystick.daemon.server import status_for
@@ -41,7 +38,13 @@ from tallystick.sdk.client import Policy
 from tallystick.sdk.errors import REASON_KEY, SidecarRejected
 from tallystick.verifier._cli import EXIT_OK, main
 from tallystick.verifier.checkpoint import NoteSigner, NoteVerifier, SignedNote
-from tallystick.verifier.coin import Opening, verify_evidence
+from tallystick.verifier.coin import (
+    Opening,
+    evidence_parts,
+    indices_sha256,
+    join_evidence,
+    verify_evidence,
+)
 from tallystick.verifier.errors import MalformedInput
 
 MODEL = "test-model"
