@@ -6,6 +6,11 @@ reasoning repeats its own blocks, and one whose opening was tampered with, so it
 evidence) and exports a bundle before the first audit, after it, and after all three. Tamper
 cases run the pure layer (:func:`~tallystick.verifier.coin.verify_audit_entries`) on the
 real entries with one body changed, since the signed bundle cannot be edited.
+
+A copy of that log is then rotated with the daemon's own ``keys rotate`` path, audited again
+by the restarted daemon (its new key countersigns), and given the honest audit's entries once
+more after the rotation: a head countersigned by the retired key, as whoever kept that key
+could log it, in a bundle that verifies as a log.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,8 @@ from tallystick.daemon.coin.attacks import AttackSource, inflate
 from tallystick.daemon.coin.embedding import EmbeddingEngine
 from tallystick.daemon.coin.provider import Commitment, commit, commit_tokens
 from tallystick.daemon.coin.tokenizer import Tokenizer
+from tallystick.daemon.keys_cli import rotate_log_key
+from tallystick.daemon.log import Log
 from tallystick.sdk import Client
 from tallystick.sdk.client import Policy
 from tallystick.verifier._cli import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, main
@@ -38,8 +47,8 @@ from tallystick.verifier.coin import (
 )
 from tallystick.verifier.errors import MalformedInput
 from tallystick.verifier.keys import PrivateKey, load_public_key
-from tallystick.verifier.logbundle import Bundle
-from tallystick.verifier.logentry import LogEntry
+from tallystick.verifier.logbundle import Bundle, LogKeys
+from tallystick.verifier.logentry import EntryKind, LogEntry
 from tallystick.verifier.provenance import AuditedLog
 
 MODEL = "test-model"
@@ -49,6 +58,7 @@ MODEL = "test-model"
 class Logged:
     """What the module's daemon logged and exported."""
 
+    data_dir: Path  # the stopped daemon's data directory
     empty: Path  # a bundle from before any audit
     honest_only: Path  # after the consistent audit
     all_three: Path  # after all three audits
@@ -83,26 +93,42 @@ def _audit(
     return client.finish_coin_audit(challenge.audit_id, openings, sketch_key=commitment.sketch_key)
 
 
+def _policy(root: Path) -> Policy:
+    return Policy(spool_dir=root / "spool", retry_in_background=False, timeout_s=30)
+
+
 @pytest.fixture(scope="module")
-def logged(
+def honest(
     engine: EmbeddingEngine,
     tokenizer: Tokenizer,
     short_traces: list[dict[str, Any]],
-    dev_traces: list[dict[str, Any]],
     signer: NoteSigner,
-) -> Iterator[Logged]:
-    honest_trace = short_traces[0]
-    honest = commit(
+) -> tuple[Commitment, dict[str, Any]]:
+    """An honest commitment to a short trace, and the trace."""
+    trace = short_traces[0]
+    commitment = commit(
         engine,
         tokenizer,
-        prompt=honest_trace["prompt"],
-        reasoning=honest_trace["reasoning"],
-        answer=honest_trace["answer"],
+        prompt=trace["prompt"],
+        reasoning=trace["reasoning"],
+        answer=trace["answer"],
         request_id="req-log-1",
         model=MODEL,
         reported_usage=None,
         signer=signer,
     )
+    return commitment, trace
+
+
+@pytest.fixture(scope="module")
+def logged(
+    engine: EmbeddingEngine,
+    tokenizer: Tokenizer,
+    dev_traces: list[dict[str, Any]],
+    signer: NoteSigner,
+    honest: tuple[Commitment, dict[str, Any]],
+) -> Iterator[Logged]:
+    commitment, honest_trace = honest
     # A medium math trace whose blocks are repeated: the sketch and the duplicate check flag it.
     padded_trace = next(
         t
@@ -130,33 +156,102 @@ def logged(
         try:
             assert sidecar.daemon is not None
             log = sidecar.daemon.log
-            policy = Policy(spool_dir=root / "spool", retry_in_background=False, timeout_s=30)
+            log_key, log_vkey = log.public_key.to_b64url(), log.vkey
             log.export(root / "empty.bundle")
-            with Client(sidecar.address("alice"), policy=policy) as client:
-                first = _audit(client, honest, honest_trace, signer.vkey, call_request_id="call-7")
+            with Client(sidecar.address("alice"), policy=_policy(root)) as client:
+                first = _audit(
+                    client, commitment, honest_trace, signer.vkey, call_request_id="call-7"
+                )
                 log.export(root / "honest.bundle")
                 second = _audit(client, padded, padded_trace, signer.vkey)
-                third = _audit(client, honest, honest_trace, signer.vkey, tamper=True)
+                third = _audit(client, commitment, honest_trace, signer.vkey, tamper=True)
             log.export(root / "all.bundle")
-            assert first.consistent, first.flagged
-            assert not second.consistent and second.error_code is None, second
-            assert third.error_code == "coin.token_commitment_mismatch"
-            yield Logged(
-                empty=root / "empty.bundle",
-                honest_only=root / "honest.bundle",
-                all_three=root / "all.bundle",
-                log_key=log.public_key.to_b64url(),
-                log_vkey=log.vkey,
-                consistent=first.verdict_entry_index,
-                flagged=second.verdict_entry_index,
-                no_evidence=third.verdict_entry_index,
-                evidence={
-                    first.verdict_entry_index: first.evidence,
-                    second.verdict_entry_index: second.evidence,
-                },
-            )
         finally:
             sidecar.stop()
+        assert first.consistent, first.flagged
+        assert not second.consistent and second.error_code is None, second
+        assert third.error_code == "coin.token_commitment_mismatch"
+        yield Logged(
+            data_dir=root / "d",
+            empty=root / "empty.bundle",
+            honest_only=root / "honest.bundle",
+            all_three=root / "all.bundle",
+            log_key=log_key,
+            log_vkey=log_vkey,
+            consistent=first.verdict_entry_index,
+            flagged=second.verdict_entry_index,
+            no_evidence=third.verdict_entry_index,
+            evidence={
+                first.verdict_entry_index: first.evidence,
+                second.verdict_entry_index: second.evidence,
+            },
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotated:
+    """A copy of the module's log, rotated once after its three audits."""
+
+    bundle: Path  # exported after the audits below
+    original_key: str  # the retired key (base64url), as first published
+    new_key: str  # the key in service
+    retired_at: int  # the original key's retirement (ms)
+    after: int  # verdict entry of an honest audit logged after the rotation
+    replayed: int  # verdict entry of the first honest audit's entries, logged again after it
+
+
+def _replay(log: Log, verdict_entry: int) -> int:
+    """Append the audit judged at ``verdict_entry`` again: its head, challenge, parts and
+    verdict, re-linked to their new indexes. The head keeps its countersignature by the key
+    the log had then; after a rotation that key is retired, so this is the head a holder of
+    the retired key could log. Returns the new verdict's index."""
+    entries = [LogEntry.from_bytes(raw) for raw in log.entries(0, log.size)]
+    verdict = entries[verdict_entry]
+    challenge = entries[verdict.body["challenge_entry"]]
+    head = entries[challenge.body["head_entry"]]
+    parts = entries[verdict_entry - verdict.body["evidence_parts"] : verdict_entry]
+    agent = verdict.agent
+    head_index = log.append(EntryKind.AUDIT, agent, dict(head.body))
+    challenge_index = log.append(
+        EntryKind.AUDIT, agent, {**challenge.body, "head_entry": head_index}
+    )
+    relinked = [
+        (EntryKind.AUDIT, agent, {**entry.body, "challenge_entry": challenge_index})
+        for entry in (*parts, verdict)
+    ]
+    return log.append_batch(relinked)[-1]
+
+
+@pytest.fixture(scope="module")
+def rotated(
+    logged: Logged, honest: tuple[Commitment, dict[str, Any]], signer: NoteSigner
+) -> Iterator[Rotated]:
+    """The module's log copied, rotated by ``keys rotate``'s own path, audited once by the
+    restarted daemon, its first honest audit replayed, and exported."""
+    commitment, trace = honest
+    with tempfile.TemporaryDirectory(prefix="tsr-") as name:
+        root = Path(name)
+        data_dir = root / "d"
+        shutil.copytree(logged.data_dir, data_dir, ignore=shutil.ignore_patterns("*.sock"))
+        rotation = rotate_log_key(data_dir, now_ms=time.time_ns() // 1_000_000)
+        sidecar = Sidecar(data_dir).start()
+        try:
+            with Client(sidecar.address("alice"), policy=_policy(root)) as client:
+                after = _audit(client, commitment, trace, signer.vkey, call_request_id="call-8")
+        finally:
+            sidecar.stop()
+        assert after.consistent, after.flagged
+        with Log.open(data_dir) as log:
+            replayed = _replay(log, logged.consistent)
+            log.export(root / "rotated.bundle")
+        yield Rotated(
+            bundle=root / "rotated.bundle",
+            original_key=logged.log_key,
+            new_key=rotation.log_pub,
+            retired_at=rotation.rotated_at,
+            after=after.verdict_entry_index,
+            replayed=replayed,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -315,6 +410,12 @@ def test_out_writes_the_exact_evidence_that_audit_verify_accepts(
 # -- the pure layer, on the real entries ----------------------------------------------------------
 
 
+def _keys(logged: Logged) -> LogKeys:
+    """The module log's one key, never retired."""
+    verifier = NoteVerifier.from_vkey(logged.log_vkey)
+    return LogKeys.single(verifier.name, verifier.public_key)
+
+
 def _statuses(audits: tuple[LoggedAudit, ...]) -> dict[int, tuple[AuditStatus, str | None]]:
     return {audit.verdict_entry: (audit.status, audit.code) for audit in audits}
 
@@ -329,9 +430,7 @@ def _edited(
 
 def test_the_recipe_and_the_layer_agree(logged: Logged, audited: AuditedLog) -> None:
     audits = verify_log_audits(audited)
-    layer = verify_audit_entries(
-        audited.entries, log_keys=[NoteVerifier.from_vkey(logged.log_vkey)]
-    )
+    layer = verify_audit_entries(audited.entries, log_keys=_keys(logged))
     assert audits == layer
     assert _statuses(audits) == {
         logged.consistent: (AuditStatus.CONSISTENT, None),
@@ -365,7 +464,7 @@ def test_parts_out_of_order_do_not_join(logged: Logged, audited: AuditedLog) -> 
     )
 
     found = _only(
-        verify_audit_entries(entries, log_keys=[NoteVerifier.from_vkey(logged.log_vkey)]),
+        verify_audit_entries(entries, log_keys=_keys(logged)),
         logged.consistent,
     )
 
@@ -436,9 +535,7 @@ def test_entries_that_disagree_are_invalid(
     }[target]
 
     found = _only(
-        verify_audit_entries(
-            _edited(audited, index, change), log_keys=[NoteVerifier.from_vkey(logged.log_vkey)]
-        ),
+        verify_audit_entries(_edited(audited, index, change), log_keys=_keys(logged)),
         logged.consistent,
     )
 
@@ -448,9 +545,10 @@ def test_entries_that_disagree_are_invalid(
 def test_a_head_not_countersigned_by_this_log_is_invalid(
     logged: Logged, audited: AuditedLog
 ) -> None:
-    stranger = NoteSigner(NoteVerifier.from_vkey(logged.log_vkey).name, PrivateKey.generate())
+    origin = NoteVerifier.from_vkey(logged.log_vkey).name
+    stranger = LogKeys.single(origin, PrivateKey.generate().public_key)
 
-    audits = verify_audit_entries(audited.entries, log_keys=[stranger.verifier])
+    audits = verify_audit_entries(audited.entries, log_keys=stranger)
 
     found = _only(audits, logged.consistent)
     assert (found.status, found.code) == (AuditStatus.INVALID, "coin.countersignature_missing")
@@ -463,7 +561,7 @@ def test_a_verdict_without_evidence_cannot_be_consistent(
     entries = _edited(audited, logged.no_evidence, lambda body: {**body, "consistent": True})
 
     found = _only(
-        verify_audit_entries(entries, log_keys=[NoteVerifier.from_vkey(logged.log_vkey)]),
+        verify_audit_entries(entries, log_keys=_keys(logged)),
         logged.no_evidence,
     )
 
@@ -494,3 +592,95 @@ def test_join_evidence_checks_order_and_hash() -> None:
         with pytest.raises(MalformedInput) as caught:
             join_evidence(bad_verdict, bad_parts)
         assert caught.value.code == "coin.evidence_parts_invalid"
+
+
+# -- a rotated log ---------------------------------------------------------------------------------
+
+
+def _head(log: AuditedLog, verdict_entry: int) -> LogEntry:
+    challenge = log.entries[log.entries[verdict_entry].body["challenge_entry"]]
+    return log.entries[challenge.body["head_entry"]]
+
+
+def _countersigner_kid(log: AuditedLog, verdict_entry: int) -> int:
+    """The key id of the log's countersignature: the signature the daemon adds last."""
+    return SignedNote.from_text(_head(log, verdict_entry).body["head_note"]).signatures[-1].key_id
+
+
+@pytest.mark.parametrize("pinned", ["original_key", "new_key"])
+def test_a_rotated_log_judges_each_head_by_its_countersigners_retirement(
+    logged: Logged, rotated: Rotated, pinned: str
+) -> None:
+    log = AuditedLog.open(
+        Bundle.from_path(rotated.bundle), log_key=load_public_key(getattr(rotated, pinned))
+    )
+    original = NoteVerifier.from_vkey(logged.log_vkey)
+    assert len(log.bundle.key_documents) == 2
+    # What each case stands for: heads before the rotation and the replayed one carry the
+    # original key's countersignature, the audit after it the new key's.
+    assert _head(log, logged.consistent).time_ms < rotated.retired_at
+    assert _head(log, rotated.replayed).time_ms >= rotated.retired_at
+    assert _countersigner_kid(log, logged.consistent) == original.key_id
+    assert _countersigner_kid(log, rotated.replayed) == original.key_id
+    assert _countersigner_kid(log, rotated.after) != original.key_id
+
+    audits = verify_log_audits(log)
+
+    assert _statuses(audits) == {
+        logged.consistent: (AuditStatus.CONSISTENT, None),
+        logged.flagged: (AuditStatus.FLAGGED, "coin.flagged"),
+        logged.no_evidence: (AuditStatus.NO_EVIDENCE, "coin.token_commitment_mismatch"),
+        rotated.after: (AuditStatus.CONSISTENT, None),
+        rotated.replayed: (AuditStatus.INVALID, "coin.countersigner_retired"),
+    }
+    replayed = _only(audits, rotated.replayed)
+    assert replayed.evidence == logged.evidence[logged.consistent]
+    assert f"retired at {rotated.retired_at}" in (replayed.detail or "")
+
+
+def test_verify_log_reports_a_head_countersigned_after_its_keys_retirement(
+    rotated: Rotated, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _run(
+        capsys, "audit", "verify-log", str(rotated.bundle), "--log-key", rotated.original_key
+    )
+
+    assert code == EXIT_REJECTED
+    lines = out.splitlines()
+    assert len(lines) == 6
+    assert lines[3].startswith(f"entry {rotated.after} request call-8: consistent: ")
+    assert lines[4].startswith(
+        f"entry {rotated.replayed} request call-7: invalid: coin.countersigner_retired: "
+    )
+    assert lines[5].endswith("2 consistent, 1 flagged, 1 no_evidence, 1 invalid")
+
+
+@pytest.mark.parametrize(
+    ("retired_after_head_ms", "status", "code"),
+    [
+        pytest.param(0, AuditStatus.INVALID, "coin.countersigner_retired", id="retired-at-head"),
+        pytest.param(1, AuditStatus.CONSISTENT, None, id="retired-just-after-head"),
+    ],
+)
+def test_the_countersigner_must_be_in_service_at_the_head_entrys_time(
+    logged: Logged,
+    audited: AuditedLog,
+    retired_after_head_ms: int,
+    status: AuditStatus,
+    code: str | None,
+) -> None:
+    # As for checkpoints, a key vouches only for entries strictly older than its retirement;
+    # a successor in service that never signed the head does not rescue it.
+    countersigner = NoteVerifier.from_vkey(logged.log_vkey)
+    (successor,) = LogKeys.single(countersigner.name, PrivateKey.generate().public_key).keys
+    retired_at = _head(audited, logged.consistent).time_ms + retired_after_head_ms
+    keys = LogKeys(countersigner.name, ((countersigner, retired_at), successor))
+
+    found = _only(verify_audit_entries(audited.entries, log_keys=keys), logged.consistent)
+
+    assert (found.status, found.code) == (status, code), found.detail
+
+
+def test_verify_audit_entries_needs_a_log_key(audited: AuditedLog) -> None:
+    with pytest.raises(ValueError, match="at least one log key"):
+        verify_audit_entries(audited.entries, log_keys=LogKeys("tallystick.local/x", ()))

@@ -19,8 +19,10 @@ evidence bytes whose SHA-256 the verdict records (:func:`join_evidence`). A fail
 step has no evidence: ``error_code`` names the check, and ``evidence_parts`` is 0.
 
 :func:`verify_audit_entries` re-checks every verdict of a verified log: the parts join, the
-evidence verifies with the log's countersignature on the head required, the head and
-challenge entries agree with the evidence, and the logged verdict with the offline one.
+evidence verifies with the log's countersignature on the head required, by a key not yet
+retired when the head was logged (``coin.countersigner_retired``; the rule
+:meth:`~tallystick.verifier.logbundle.LogKeys.check_in_service` applies to checkpoints), the
+head and challenge entries agree with the evidence, and the logged verdict with the offline one.
 """
 
 from __future__ import annotations
@@ -46,10 +48,13 @@ EVIDENCE_PART_BUDGET: Final = MAX_ENTRY_BYTES - 2048
 
 
 class LoggedAuditInvalid(TallystickError):
-    """Audit entries that disagree with each other or with their evidence:
+    """Audit entries that disagree with each other, with their evidence or with the log's keys:
     ``coin.audit_chain_invalid`` (the verdict's challenge or head entry is missing, out of
-    order, another agent's, already judged, or disagrees with the evidence) or
-    ``coin.logged_verdict_mismatch`` (the logged verdict is not the one the evidence gives)."""
+    order, another agent's, already judged, or disagrees with the evidence),
+    ``coin.logged_verdict_mismatch`` (the logged verdict is not the one the evidence gives) or
+    ``coin.countersigner_retired`` (the head is countersigned only by a log key retired
+    before the head entry's time: whoever still holds a retired key could otherwise vouch for
+    new heads)."""
 
     default_code = "coin.audit_chain_invalid"
 
@@ -73,7 +78,8 @@ class LoggedAudit:
     """One logged audit, re-checked: built by :func:`verify_audit_entries`.
 
     ``verdict_entry`` is the verdict's index; ``head_entry`` and ``challenge_entry`` those of
-    its head and challenge, when they could be found; ``call_request_id`` the head entry's.
+    the head and challenge it names, when they are such entries (also for an ``invalid``
+    audit whose chain fails its checks); ``call_request_id`` the head entry's.
     ``verdict`` is the offline verdict (``consistent`` and ``flagged`` only); ``evidence``
     the joined evidence bytes whenever the parts joined. ``code`` and ``detail`` say why an
     audit failed: the failed step's code (``no_evidence``), ``coin.flagged``, or the check
@@ -186,19 +192,20 @@ def verify_log_audits(
 ) -> tuple[LoggedAudit, ...]:
     """Re-check every CoIn audit of a verified bundle, in log order (one per verdict entry).
 
-    The log's countersignature on each head is required, by any key of its verified history.
-    ``progress`` is called with ``(done, total)`` audits.
+    The log's countersignature on each head is required, by a key of its verified history
+    that was not yet retired when the head was logged. ``progress`` is called with
+    ``(done, total)`` audits.
 
     :raises TallystickError: only for a bundle that did not come from
         :meth:`~tallystick.verifier.provenance.AuditedLog.open` (its key history unreadable).
     """
-    return verify_audit_entries(log.entries, log_keys=_log_verifiers(log), progress=progress)
+    return verify_audit_entries(log.entries, log_keys=_log_keys(log), progress=progress)
 
 
 def verify_audit_entries(
     entries: Iterable[LogEntry],
     *,
-    log_keys: Sequence[NoteVerifier],
+    log_keys: LogKeys,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[LoggedAudit, ...]:
     """Re-check every verdict among ``entries`` (a verified log's, or a run of them).
@@ -210,14 +217,16 @@ def verify_audit_entries(
     challenge; (2) the parts join (:func:`join_evidence`); without evidence, the verdict is
     not consistent and names the failed step; (3) the evidence verifies
     (:func:`~tallystick.verifier.coin.verify_evidence`) with a countersignature on the head
-    by one of ``log_keys`` required; (4) the head entry's note and the challenge entry's
-    nonce, ``k`` and ``indices_sha256`` are the evidence's; (5) the logged ``consistent`` is
-    the offline verdict's.
+    by one of ``log_keys`` required, and that key was not retired at the head entry's
+    ``time_ms`` (``coin.countersigner_retired``); (4) the head entry's note and the challenge
+    entry's nonce, ``k`` and ``indices_sha256`` are the evidence's; (5) the logged
+    ``consistent`` is the offline verdict's.
 
-    :param log_keys: the log's note verifiers (its key history); at least one.
-    :raises ValueError: ``log_keys`` is empty.
+    :param log_keys: the log's keys with their retirement times: its verified key history
+        (:meth:`LogKeys.from_keyring`), or :meth:`LogKeys.single` for a log never rotated.
+    :raises ValueError: ``log_keys`` holds no key.
     """
-    if not log_keys:
+    if not log_keys.keys:
         raise ValueError("log_keys: at least one log key is needed")
     audits: dict[int, LogEntry] = {}
     verdicts: list[LogEntry] = []
@@ -243,15 +252,19 @@ class _Chain:
 
     @property
     def call_request_id(self) -> str | None:
-        value = self.head.body.get("call_request_id")
-        return value if isinstance(value, str) else None
+        return _call_request_id(self.head)
+
+
+def _call_request_id(head: LogEntry) -> str | None:
+    value = head.body.get("call_request_id")
+    return value if isinstance(value, str) else None
 
 
 def _check_audit(
     verdict: LogEntry,
     audits: Mapping[int, LogEntry],
     judged: dict[int, int],
-    log_keys: Sequence[NoteVerifier],
+    log_keys: LogKeys,
 ) -> LoggedAudit:
     index = verdict.index
     chain: _Chain | None = None
@@ -271,7 +284,9 @@ def _check_audit(
                 detail="a protocol step failed: no evidence was logged",
             )
         evidence = Evidence.from_json(raw)
-        offline = verify_evidence(evidence, log_key=_countersigner(evidence, log_keys))  # (3)
+        countersigner, retired_at = _countersigner(evidence, log_keys, chain.head.time_ms)
+        offline = verify_evidence(evidence, log_key=countersigner)  # (3)
+        _check_in_service(chain.head, countersigner, retired_at)
         _check_entries_match(chain, evidence)  # (4)
         if verdict.body.get("consistent") is not offline.consistent or (  # (5)
             verdict.body.get("error_code") is not None
@@ -284,12 +299,15 @@ def _check_audit(
                 code="coin.logged_verdict_mismatch",
             )
     except TallystickError as exc:
+        # Name the entries the verdict points to even when they fail the chain's checks, so
+        # that a broken record is still tied to the head (and call) it claims to judge.
+        challenge, head = _locate(verdict, audits)
         return LoggedAudit(
             index,
             AuditStatus.INVALID,
-            None if chain is None else chain.head.index,
-            None if chain is None else chain.challenge.index,
-            None if chain is None else chain.call_request_id,
+            None if head is None else head.index,
+            None if challenge is None else challenge.index,
+            None if head is None else _call_request_id(head),
             evidence=raw,
             code=exc.code,
             detail=exc.detail,
@@ -308,6 +326,20 @@ def _check_audit(
     )
 
 
+def _locate(
+    verdict: LogEntry, audits: Mapping[int, LogEntry]
+) -> tuple[LogEntry | None, LogEntry | None]:
+    """The challenge entry the verdict names and the head entry that challenge names, each
+    None where the named entry is not one (no order or agent checked yet)."""
+    challenge_index = verdict.body.get("challenge_entry")
+    challenge = audits.get(challenge_index) if type(challenge_index) is int else None
+    if challenge is None or challenge.body.get("coin") != "challenge":
+        return None, None
+    head_index = challenge.body.get("head_entry")
+    head = audits.get(head_index) if type(head_index) is int else None
+    return challenge, head if head is not None and head.body.get("coin") == "head" else None
+
+
 def _chain(verdict: LogEntry, audits: Mapping[int, LogEntry], judged: dict[int, int]) -> _Chain:
     """The verdict's head, challenge and part entries, checked for order and agent."""
     index = verdict.index
@@ -319,15 +351,15 @@ def _chain(verdict: LogEntry, audits: Mapping[int, LogEntry], judged: dict[int, 
     parts = tuple(audits.get(number) for number in range(first_part, index))
     if any(part is None for part in parts):
         raise _parts_invalid(f"entry {index}: the {count} entries before it are not all audits")
-    challenge_index = body.get("challenge_entry")
-    challenge = audits.get(challenge_index) if type(challenge_index) is int else None
-    if challenge is None or challenge.body.get("coin") != "challenge":
-        raise _chain_invalid(f"entry {index}: challenge_entry {challenge_index!r} is no challenge")
-    head_index = challenge.body.get("head_entry")
-    head = audits.get(head_index) if type(head_index) is int else None
-    if head is None or head.body.get("coin") != "head":
+    challenge, head = _locate(verdict, audits)
+    if challenge is None:
         raise _chain_invalid(
-            f"entry {index}: challenge {challenge.index}'s head_entry {head_index!r} is no head"
+            f"entry {index}: challenge_entry {body.get('challenge_entry')!r} is no challenge"
+        )
+    if head is None:
+        raise _chain_invalid(
+            f"entry {index}: challenge {challenge.index}'s head_entry "
+            f"{challenge.body.get('head_entry')!r} is no head"
         )
     if not head.index < challenge.index < first_part:
         raise _chain_invalid(
@@ -355,15 +387,41 @@ def _no_evidence_code(body: Mapping[str, Any]) -> str:
     return code
 
 
-def _countersigner(evidence: Evidence, log_keys: Sequence[NoteVerifier]) -> NoteVerifier:
-    """The log key whose name and key id sign the head (else the first: it fails closed)."""
+def _countersigner(
+    evidence: Evidence, log_keys: LogKeys, at_ms: int
+) -> tuple[NoteVerifier, int | None]:
+    """The log key whose name and key id sign the head, with its retirement time (ms).
+
+    A key in service at ``at_ms`` (the head entry's time) comes first, so a head that a
+    retired key signs too is judged by the key that vouches for it. With no key of
+    ``log_keys`` on the head, the first in service is returned: verify_evidence fails closed.
+    """
+    # sorted is stable: the history's order, in-service keys first.
+    keys = sorted(log_keys.keys, key=lambda item: not _in_service(item[1], at_ms))
     try:
         signed = {
             (item.name, item.key_id) for item in SignedNote.from_text(evidence.head_note).signatures
         }
     except TallystickError:
-        return log_keys[0]  # verify_evidence reports the head itself
-    return next((key for key in log_keys if (key.name, key.key_id) in signed), log_keys[0])
+        return keys[0]  # verify_evidence reports the head itself
+    return next((item for item in keys if (item[0].name, item[0].key_id) in signed), keys[0])
+
+
+def _in_service(retired_at: int | None, at_ms: int) -> bool:
+    """As :meth:`LogKeys.check_in_service`: a key vouches only for entries older than its
+    retirement."""
+    return retired_at is None or at_ms < retired_at
+
+
+def _check_in_service(head: LogEntry, countersigner: NoteVerifier, retired_at: int | None) -> None:
+    """The key whose countersignature verified was still in service when the head was logged."""
+    if not _in_service(retired_at, head.time_ms):
+        raise LoggedAuditInvalid(
+            f"entry {head.index}: the head is countersigned only by log key "
+            f"{countersigner.label}, retired at {retired_at}, before the entry's time "
+            f"{head.time_ms}",
+            code="coin.countersigner_retired",
+        )
 
 
 def _check_entries_match(chain: _Chain, evidence: Evidence) -> None:
@@ -387,8 +445,8 @@ def _chain_invalid(message: str) -> LoggedAuditInvalid:
     return LoggedAuditInvalid(message, code="coin.audit_chain_invalid")
 
 
-def _log_verifiers(log: AuditedLog) -> tuple[NoteVerifier, ...]:
-    """The note verifiers of a verified log's keys: the header's first, then its history.
+def _log_keys(log: AuditedLog) -> LogKeys:
+    """A verified log's keys with their retirement times: the header's key alone, or its history.
 
     ``AuditedLog.open`` checked that the header's ``log_vkey`` is the pinned key's (or, for a
     rotated log, one of its verified history's), so its history verifies from that key too.
@@ -396,7 +454,6 @@ def _log_verifiers(log: AuditedLog) -> tuple[NoteVerifier, ...]:
     bundle = log.bundle
     header = NoteVerifier.from_vkey(bundle.log_vkey)
     if not bundle.key_documents:
-        return (header,)
+        return LogKeys.single(bundle.origin, header.public_key)
     keyring = log_keyring(bundle.key_documents, origin=bundle.origin, pinned=header.public_key)
-    history = tuple(key for key, _ in LogKeys.from_keyring(bundle.origin, keyring).keys)
-    return (header, *(key for key in history if key != header))
+    return LogKeys.from_keyring(bundle.origin, keyring)
