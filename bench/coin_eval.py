@@ -7,7 +7,7 @@ calibration and length prior) audits it ``--audits`` times with fresh nonces. A 
 an audit that fails. Also: the honest false-positive rate (the fit's cross-validated figure
 from ``thresholds.json``, and this run's in-sample honest audits), opened leaves per audit,
 the share of tokens they expose, the per-leaf detection ``p`` each rate implies, and
-embedding throughput on this machine.
+embedding throughput on this machine; detection is also printed per domain.
 
 Note: the dev traces are also the calibration set, so honest rates measured here are
 in-sample; the cross-validated rate printed first is the one to quote.
@@ -186,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         o for trace in traces for o in runner.run(trace, tokenizer.encode(trace["reasoning"]))
     ]
     detected: dict[tuple[str, float], list[bool]] = {}
+    by_domain: dict[tuple[str, float, str], list[bool]] = {}  # the same flags, per domain
     # tokenization_ambiguity cannot split past single bytes: its real ratio can fall short
     achieved: dict[tuple[str, float], list[float]] = {}
     for trace in traces:
@@ -215,7 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     block_size=calibration.block_size,
                 )
                 outcomes = runner.run(trace, inflated.token_ids)
-                detected.setdefault((attack, ratio), []).extend(not o.passed for o in outcomes)
+                flags = [not o.passed for o in outcomes]
+                detected.setdefault((attack, ratio), []).extend(flags)
+                by_domain.setdefault((attack, ratio, trace["domain"]), []).extend(flags)
                 achieved.setdefault((attack, ratio), []).append(
                     inflated.injected_tokens / inflated.original_tokens
                 )
@@ -270,6 +273,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "achieved_ratio": round(float(np.mean(achieved[(attack, ratio)])), 3),
             }
         print(f"| {attack:<19} | " + " | ".join(f"{cell:<22}" for cell in cells) + " |")
+    domains = sorted({domain for _, _, domain in by_domain})
+    print("\nBy domain, % of audits (math reasoning repeats itself; safety reasoning is short):")
+    print(f"| {'attack':<19} | {'domain':<6} | " + " | ".join(f"IR {r:<4}" for r in ratios) + " |")
+    for attack in ATTACKS:
+        for domain in domains:
+            cells = []
+            for ratio in ratios:
+                flags = by_domain[(attack, ratio, domain)]
+                cells.append(f"{100 * sum(flags) / len(flags):7.0f}")
+                results[f"{attack}@{ratio}"].setdefault("by_domain", {})[domain] = {
+                    "detected": sum(flags),
+                    "audits": len(flags),
+                    "implied_p": round(
+                        implied_p(sum(flags) / len(flags), anchors_mean, ratio / (1 + ratio)), 3
+                    ),
+                }
+            print(f"| {attack:<19} | {domain:<6} | " + " | ".join(cells) + " |")
     short = [
         f"{key} reached IR {row['achieved_ratio']}"
         for key, row in results.items()

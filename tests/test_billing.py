@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from audit_bundles import DAY1_MS, DAY_MS, audited, call, write_bundle
+from tallystick.daemon.log import Log
 from tallystick.verifier import coin
 from tallystick.verifier.billing import FindingKind, Tolerance, reconcile
 from tallystick.verifier.checkpoint import NoteSigner, NoteVerifier, verify_checkpoint
@@ -15,9 +20,10 @@ from tallystick.verifier.errors import ProofInvalid
 from tallystick.verifier.invoice import CSV_COLUMNS, parse_invoice
 from tallystick.verifier.keys import PrivateKey, PublicKey, load_public_key
 from tallystick.verifier.logbundle import Bundle, LogDamaged
-from tallystick.verifier.logentry import Recount
+from tallystick.verifier.logentry import CallBody, Recount
 from tallystick.verifier.merkle import hash_leaf, verify_inclusion
 from tallystick.verifier.provenance import AuditedLog
+from vectors import generate_coin as golden
 
 HEADER = ",".join(CSV_COLUMNS)
 JAN1 = DAY1_MS // 1000
@@ -365,34 +371,243 @@ def test_reasoning_billed_beyond_the_providers_commitment_is_a_finding(tmp_path:
     assert [f.request_id for f in tolerant.findings] == ["req_3"]
 
 
-def _challenge(*, head_entry: int) -> dict[str, object]:
-    return {"coin": "challenge", "head_entry": head_entry, "nonce": "00", "k": 1}
+# -- CoIn audits as tallystickd logs them, from the golden synthetic provider (no model) --------
+
+#: The golden trace's reasoning count: what each audited call bills and its head commits to.
+_GOLDEN_REASONING = len(golden.TOKEN_IDS)
+#: A failed protocol step's code (a tampered opening, as tallystickd reports it).
+_FAILED_STEP = "coin.token_commitment_mismatch"
+
+
+def _countersigned(directory: Path, request_id: str) -> golden.Synthetic:
+    """The golden provider's commitment for ``request_id``, its head countersigned by the key
+    of the log :func:`audited` then writes in ``directory`` (as ``BeginAudit`` does)."""
+    synthetic = golden.commit(golden.TOKEN_IDS, request_id=request_id)
+    log = Log.open(directory / "log", clock_ms=lambda: DAY1_MS)
+    try:
+        return dataclasses.replace(synthetic, head_note=log.countersign(synthetic.head_note))
+    finally:
+        log.close()
+
+
+class _Entries:
+    """Entries for :func:`audited`, one agent's, 100 ms apart on the first invoiced day."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, str, CallBody | dict[str, Any]]] = []
+
+    def add(self, body: CallBody | dict[str, Any]) -> int:
+        """Append ``body``; its entry index."""
+        self.items.append((DAY1_MS + 1_000 + 100 * len(self.items), "alice", body))
+        return len(self.items) - 1
+
+    def audit(
+        self,
+        evidence: coin.Evidence,
+        request_id: str | None,
+        *,
+        consistent: bool | None = None,
+        failed_step: str | None = None,
+    ) -> tuple[int, int]:
+        """Append an audit's head, challenge, evidence parts and verdict as ``CoinAudit`` logs
+        them; ``(head entry, verdict entry)``. The verdict is the evidence's unless
+        ``consistent`` says otherwise; a ``failed_step`` logs no evidence, as its code."""
+        head = self.add(
+            {
+                "coin": "head",
+                "head_note": evidence.head_note,
+                "provider_vkey": evidence.provider_vkey,
+                "call_request_id": request_id,
+            }
+        )
+        challenge = self.add(
+            {
+                "coin": "challenge",
+                "head_entry": head,
+                "nonce": evidence.auditor_nonce.hex(),
+                "k": evidence.challenge.k,
+                "indices_sha256": coin.indices_sha256([item.index for item in evidence.openings]),
+            }
+        )
+        raw = evidence.to_json()
+        parts = [] if failed_step else coin.evidence_parts(raw)
+        if failed_step:
+            consistent = False
+        elif consistent is None:
+            consistent = evidence.verdict.consistent
+        for number, text in enumerate(parts):
+            self.add(
+                {
+                    "coin": "evidence",
+                    "challenge_entry": challenge,
+                    "part": number,
+                    "parts": len(parts),
+                    "evidence_json": text,
+                }
+            )
+        verdict = self.add(
+            {
+                "coin": "verdict",
+                "challenge_entry": challenge,
+                "consistent": consistent,
+                "error_code": failed_step,
+                "evidence_sha256": None if failed_step else hashlib.sha256(raw).hexdigest(),
+                "evidence_parts": len(parts),
+            }
+        )
+        return head, verdict
+
+
+def _csv_for(*request_ids: str) -> str:
+    return csv(
+        *(
+            f"{request_id},2026-01-01T00:00:01Z,gpt-4o,100,20,50,{_GOLDEN_REASONING},0.0015"
+            for request_id in request_ids
+        )
+    )
 
 
 def test_a_failed_reasoning_audit_of_a_billed_call_is_a_finding(tmp_path: Path) -> None:
-    log = audited(
-        tmp_path,
-        [
-            (DAY1_MS + 1_000, "alice", call("req_1", reasoning=10)),
-            (DAY1_MS + 1_100, "alice", _head("req_1", 10)),
-            (DAY1_MS + 1_200, "alice", _challenge(head_entry=1)),
-            (
-                DAY1_MS + 1_300,
-                "alice",
-                {"coin": "verdict", "challenge_entry": 2, "consistent": False, "error_code": None},
-            ),
-            (DAY1_MS + 2_000, "alice", call("req_2", reasoning=10)),
-            (DAY1_MS + 2_100, "alice", _head("req_2", 10)),
-            (DAY1_MS + 2_200, "alice", _challenge(head_entry=5)),
-            (
-                DAY1_MS + 2_300,
-                "alice",
-                {"coin": "verdict", "challenge_entry": 6, "consistent": True, "error_code": None},
-            ),
-        ],
+    log = _Entries()
+    flagged_call = log.add(call("req_1", reasoning=_GOLDEN_REASONING))
+    flagged = golden.evidence(_countersigned(tmp_path, "req_1"), scores=(0.9, 0.1))
+    flagged_head, flagged_verdict = log.audit(flagged, "req_1")
+    failed_call = log.add(call("req_2", reasoning=_GOLDEN_REASONING))
+    honest = golden.evidence(_countersigned(tmp_path, "req_2"))
+    failed_head, failed_verdict = log.audit(honest, "req_2", failed_step=_FAILED_STEP)
+    log.audit(flagged, "req_elsewhere")  # no such call: not ours
+    audited_log = audited(tmp_path, log.items)
+
+    result = reconcile(audited_log, parse_invoice(_csv_for("req_1", "req_2")))
+
+    found = [(f.kind, f.request_id, f.entries) for f in result.findings]
+    assert found == [
+        (
+            FindingKind.REASONING_AUDIT_FAILED,
+            "req_1",
+            (flagged_call, flagged_head, flagged_verdict),
+        ),
+        (FindingKind.REASONING_AUDIT_FAILED, "req_2", (failed_call, failed_head, failed_verdict)),
+    ]
+    flagged_finding, failed_finding = result.findings
+    assert flagged_finding.detail == (
+        f"entry {flagged_verdict}: the audit of request req_1's hidden reasoning failed: "
+        "coin.flagged: block_answer@block1"
     )
-    rows = [f"req_{n},2026-01-01T00:00:0{n}Z,gpt-4o,100,20,50,10,0.0015" for n in (1, 2)]
-    (finding,) = reconcile(log, parse_invoice(csv(*rows))).findings
-    assert finding.kind is FindingKind.REASONING_AUDIT_FAILED
-    assert (finding.request_id, finding.entries) == ("req_1", (0, 1, 3))
-    assert "a check flagged" in finding.detail
+    assert f"failed: {_FAILED_STEP}: a protocol step failed" in failed_finding.detail
+    for finding in result.findings:
+        for proof in finding.proofs:
+            proof.verify()
+
+
+def test_an_honest_consistent_audit_of_a_billed_call_is_no_finding(tmp_path: Path) -> None:
+    log = _Entries()
+    log.add(call("req_1", reasoning=_GOLDEN_REASONING))
+    log.audit(golden.evidence(_countersigned(tmp_path, "req_1")), "req_1")
+    audited_log = audited(tmp_path, log.items)
+
+    result = reconcile(audited_log, parse_invoice(_csv_for("req_1")))
+
+    assert result.matches, result.findings
+    (audit,) = coin.verify_log_audits(audited_log)  # a real audit, re-checked: it passes
+    assert audit.status is coin.AuditStatus.CONSISTENT
+
+
+def _tampered_opening(evidence: coin.Evidence) -> coin.Evidence:
+    first, *rest = evidence.openings
+    return dataclasses.replace(
+        evidence, openings=(dataclasses.replace(first, token_id=first.token_id + 1), *rest)
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "consistent", "code"),
+    [
+        pytest.param(
+            lambda synthetic: golden.evidence(synthetic, scores=(0.9, 0.1)),
+            True,
+            "coin.logged_verdict_mismatch",
+            id="flagged-evidence-logged-consistent",
+        ),
+        pytest.param(
+            golden.evidence, False, "coin.logged_verdict_mismatch", id="a-pass-logged-as-a-failure"
+        ),
+        pytest.param(
+            lambda synthetic: _tampered_opening(golden.evidence(synthetic)),
+            True,
+            "coin.token_commitment_mismatch",
+            id="tampered-opening",
+        ),
+        pytest.param(
+            lambda _: golden.evidence(golden.commit(golden.TOKEN_IDS, request_id="req_1")),
+            True,
+            "coin.countersignature_missing",
+            id="head-not-countersigned-by-this-log",
+        ),
+    ],
+)
+def test_a_logged_audit_that_does_not_verify_is_invalid_whatever_its_verdict(
+    tmp_path: Path,
+    make: Callable[[golden.Synthetic], coin.Evidence],
+    consistent: bool,
+    code: str,
+) -> None:
+    log = _Entries()
+    log.add(call("req_1", reasoning=_GOLDEN_REASONING))
+    evidence = make(_countersigned(tmp_path, "req_1"))
+    head, verdict = log.audit(evidence, "req_1", consistent=consistent)
+    audited_log = audited(tmp_path, log.items)
+
+    result = reconcile(audited_log, parse_invoice(_csv_for("req_1")))
+
+    (finding,) = result.findings
+    assert (finding.kind, finding.request_id, finding.entries) == (
+        FindingKind.REASONING_AUDIT_INVALID,
+        "req_1",
+        (0, head, verdict),
+    )
+    assert finding.detail.startswith(
+        f"entry {verdict}: the logged audit of request req_1's hidden reasoning cannot be "
+        f"trusted, whatever its verdict says: {code}: "
+    ), finding.detail
+    assert finding.to_dict()["kind"] == "reasoning_audit_invalid"
+    for proof in finding.proofs:
+        proof.verify()
+
+
+def test_a_broken_audit_chain_of_a_billed_call_is_invalid(tmp_path: Path) -> None:
+    log = _Entries()
+    log.add(call("req_1", reasoning=_GOLDEN_REASONING))
+    head, verdict = log.audit(golden.evidence(_countersigned(tmp_path, "req_1")), "req_1")
+    challenge = head + 1
+    # A second verdict for the same challenge, logged as a pass.
+    again = log.add(
+        {
+            "coin": "verdict",
+            "challenge_entry": challenge,
+            "consistent": True,
+            "error_code": None,
+            "evidence_sha256": None,
+            "evidence_parts": 0,
+        }
+    )
+    # A verdict of another billed call's challenge with no evidence_parts: its parts unknown.
+    log.add(call("req_2", reasoning=_GOLDEN_REASONING))
+    other_head, _ = log.audit(
+        golden.evidence(_countersigned(tmp_path, "req_2")), "req_2", failed_step=_FAILED_STEP
+    )
+    partless = log.add({"coin": "verdict", "challenge_entry": other_head + 1, "consistent": True})
+    audited_log = audited(tmp_path, log.items)
+
+    result = reconcile(audited_log, parse_invoice(_csv_for("req_1", "req_2")))
+
+    found = [(f.kind, f.request_id, f.entries) for f in result.findings]
+    assert found == [
+        (FindingKind.REASONING_AUDIT_INVALID, "req_1", (0, head, again)),
+        (FindingKind.REASONING_AUDIT_FAILED, "req_2", (again + 1, other_head, other_head + 2)),
+        (FindingKind.REASONING_AUDIT_INVALID, "req_2", (again + 1, other_head, partless)),
+    ]
+    assert result.findings[0].detail.endswith(
+        f": coin.audit_chain_invalid: entry {again}: challenge {challenge} was judged at {verdict}"
+    )
+    assert ": coin.evidence_parts_invalid: " in result.findings[2].detail

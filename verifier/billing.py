@@ -27,8 +27,13 @@ What is compared (usage_accounting.md §7.6):
   committed to its hidden reasoning (an ``audit`` entry ``{"coin": "head"}`` that the sidecar
   logged with the call's ``request_id`` as ``call_request_id``): the reasoning count the call
   recorded against the count the signed head commits to (``reasoning_not_committed``: a
-  provider that bills more reasoning than it committed to, or a head whose signature fails),
-  and an audit of that head whose verdict is not consistent (``reasoning_audit_failed``).
+  provider that bills more reasoning than it committed to, or a head whose signature fails).
+  The audits of that head are re-checked offline
+  (:func:`~tallystick.verifier.coin.verify_log_audits`), never taken on the logged verdict's
+  word: one that flagged the reasoning or whose protocol step failed is
+  ``reasoning_audit_failed``; one whose entries or evidence do not verify, or whose logged
+  verdict is not the one its evidence gives, is ``reasoning_audit_invalid`` (the log's
+  record of that audit cannot be trusted, whichever way it says it went).
 
 A count or cost that either side does not know (``None``) is not compared; a recorded call
 without a price is listed in :attr:`Reconciliation.unpriced` instead, never taken as zero.
@@ -51,7 +56,7 @@ from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
 from .checkpoint import NoteVerifier
-from .coin import verify_head
+from .coin import AuditStatus, LoggedAudit, verify_head, verify_log_audits
 from .errors import TallystickError
 from .invoice import BilledCost, BilledDay, Invoice, InvoiceFormat
 from .logentry import EntryKind, LogEntry
@@ -92,8 +97,12 @@ class FindingKind(StrEnum):
     #: The reasoning count a call recorded is not the count its provider's signed CoIn head
     #: commits to (or the head does not verify under the key logged with it).
     REASONING_NOT_COMMITTED = "reasoning_not_committed"
-    #: The sidecar's CoIn audit of the call's hidden reasoning did not come out consistent.
+    #: The sidecar's CoIn audit of the call's hidden reasoning, re-checked offline, flagged it
+    #: or has no evidence (a protocol step failed).
     REASONING_AUDIT_FAILED = "reasoning_audit_failed"
+    #: The logged CoIn audit of the call's hidden reasoning does not verify: its evidence or
+    #: entries are broken, or the logged verdict is not the evidence's; it proves nothing.
+    REASONING_AUDIT_INVALID = "reasoning_audit_invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,56 +433,78 @@ def _committed_count(body: dict[str, Any]) -> int | None:
 def _compare_commitments(log: AuditedLog, calls: list[_Call], out: _Findings) -> None:
     by_request = {call.body["request_id"]: call for call in calls if call.body.get("request_id")}
     heads: dict[int, _Call] = {}  # head entry -> the call it is for
-    challenges: dict[int, int] = {}  # challenge entry -> head entry
     for entry in log.entries:
-        if entry.kind is not EntryKind.AUDIT:
+        body = entry.body
+        if entry.kind is not EntryKind.AUDIT or body.get("coin") != "head":
             continue
-        body, coin = entry.body, entry.body.get("coin")
-        if coin == "head" and (call := by_request.get(body.get("call_request_id"))):
-            heads[entry.index] = call
-            request_id = call.body["request_id"]
-            where = _Where(call.body["model"], call.day, request_id)
-            committed = _committed_count(body)
-            billed = call.count("reasoning_output_tokens")
-            if committed is None:
-                out.add(
-                    FindingKind.REASONING_NOT_COMMITTED,
-                    (call,),
-                    f"entry {entry.index}: the head for request {request_id} does not verify "
-                    "under the provider key logged with it",
-                    where,
-                    also=(entry.index,),
-                )
-            elif billed is not None and not out.tolerance.tokens_agree(billed, committed):
-                out.add(
-                    FindingKind.REASONING_NOT_COMMITTED,
-                    (call,),
-                    f"entry {call.entry.index} (request {request_id}) records {billed} reasoning "
-                    f"tokens; the provider's head (entry {entry.index}) commits to {committed}",
-                    where,
-                    field="reasoning_tokens",
-                    billed=billed,
-                    recorded=committed,
-                    also=(entry.index,),
-                )
-        elif coin == "challenge" and isinstance(body.get("head_entry"), int):
-            challenges[entry.index] = body["head_entry"]
-        elif coin == "verdict" and body.get("consistent") is not True:
-            challenge = body.get("challenge_entry")
-            head = challenges.get(challenge) if isinstance(challenge, int) else None
-            if head is None or head not in heads:
-                continue
-            call = heads[head]
-            request_id = call.body["request_id"]
-            reason = body.get("error_code") or "a check flagged (see the evidence)"
+        call = by_request.get(body.get("call_request_id"))
+        if call is None:
+            continue
+        heads[entry.index] = call
+        request_id = call.body["request_id"]
+        where = _Where(call.body["model"], call.day, request_id)
+        committed = _committed_count(body)
+        billed = call.count("reasoning_output_tokens")
+        if committed is None:
             out.add(
-                FindingKind.REASONING_AUDIT_FAILED,
+                FindingKind.REASONING_NOT_COMMITTED,
                 (call,),
-                f"entry {entry.index}: the audit of request {request_id}'s hidden reasoning "
-                f"failed: {reason}",
-                _Where(call.body["model"], call.day, request_id),
-                also=(head, entry.index),
+                f"entry {entry.index}: the head for request {request_id} does not verify "
+                "under the provider key logged with it",
+                where,
+                also=(entry.index,),
             )
+        elif billed is not None and not out.tolerance.tokens_agree(billed, committed):
+            out.add(
+                FindingKind.REASONING_NOT_COMMITTED,
+                (call,),
+                f"entry {call.entry.index} (request {request_id}) records {billed} reasoning "
+                f"tokens; the provider's head (entry {entry.index}) commits to {committed}",
+                where,
+                field="reasoning_tokens",
+                billed=billed,
+                recorded=committed,
+                also=(entry.index,),
+            )
+    if heads:  # a log without audits of these calls need not be re-checked
+        _compare_audits(log, heads, out)
+
+
+def _compare_audits(log: AuditedLog, heads: dict[int, _Call], out: _Findings) -> None:
+    """Findings for the audits of ``heads`` that did not pass, as re-checked offline.
+
+    The logged verdict is not trusted: :func:`verify_log_audits` is the one place that decides
+    what an audit says, so a verdict logged consistent over evidence that does not verify is a
+    finding too.
+    """
+    for audit in verify_log_audits(log):
+        head = audit.head_entry  # also named for an invalid audit whose chain is broken
+        if audit.passed or head is None or head not in heads:
+            continue
+        call = heads[head]
+        request_id = call.body["request_id"]
+        if audit.status is AuditStatus.INVALID:
+            kind = FindingKind.REASONING_AUDIT_INVALID
+            what = (
+                f"the logged audit of request {request_id}'s hidden reasoning cannot be "
+                "trusted, whatever its verdict says"
+            )
+        else:
+            kind = FindingKind.REASONING_AUDIT_FAILED
+            what = f"the audit of request {request_id}'s hidden reasoning failed"
+        out.add(
+            kind,
+            (call,),
+            f"entry {audit.verdict_entry}: {what}: {_reason(audit)}",
+            _Where(call.body["model"], call.day, request_id),
+            also=(head, audit.verdict_entry),
+        )
+
+
+def _reason(audit: LoggedAudit) -> str:
+    """Why an audit did not pass: its code, then the detail (the flagged checks, or the check
+    that rejected it)."""
+    return ": ".join(part for part in (audit.code, audit.detail) if part) or audit.status.value
 
 
 def _reconcile_days(invoice: Invoice, calls: list[_Call], out: _Findings) -> None:
