@@ -23,7 +23,12 @@ re-checks every audit logged in a bundle. A failed protocol step (a bad opening,
 does not match) has no evidence: the verdict's ``error_code`` says which check, and
 ``evidence_parts`` is 0.
 The provider's n-gram sketch is not in the head entry: the head note binds its SHA-256, and the
-evidence carries the sketch and its key.
+evidence carries the sketch and its key. Nor is the provider's attestation document (a TEE
+quote; coin.md §4.9), which is recorded, not verified: the head entry gains
+``"attestation": {"format", "sha256"}`` (:meth:`~tallystick.verifier.coin.Attestation.digest_json`)
+when the request carries one, and has no such member otherwise. The digest binds the document
+the provider presented at audit time; the customer keeps the document, and a later verifier
+that can check it matches it to the log.
 
 Prompt and answer texts stay in memory, in the pending audit, and are never written or logged.
 A pending audit belongs to the agent that began it, expires (``coin_pending_ttl_s``) and is
@@ -57,6 +62,7 @@ from tallystick.verifier import merkle
 from tallystick.verifier.checkpoint import NoteVerifier
 from tallystick.verifier.coin import (
     SALT_BYTES,
+    Attestation,
     Leaf,
     Opening,
     evidence_parts,
@@ -126,9 +132,6 @@ def _opening_malformed(message: str) -> MalformedInput:
 
 def _request_malformed(message: str) -> MalformedInput:
     return MalformedInput(message, code="coin.request_malformed")
-
-
-# -- log bodies -----------------------------------------------------------------------------
 
 
 # -- pending audits -------------------------------------------------------------------------
@@ -348,6 +351,21 @@ def _opening(message: audit_pb2.LeafOpening) -> Opening:
     return Opening(message.index, leaf, message.salt, message.token_id, proof)
 
 
+def _attestation(request: audit_pb2.BeginAuditRequest) -> Attestation | None:
+    """The request's attestation, validated as an offer's is; None when it carries none.
+
+    :raises MalformedInput: a format that is not a lowercase token, or a document that is
+        empty or over ``MAX_ATTESTATION_BYTES`` (``coin.request_malformed``).
+    """
+    if not request.HasField("attestation"):
+        return None
+    wire = request.attestation
+    try:
+        return Attestation(format=wire.format, document=wire.document)
+    except MalformedInput as exc:
+        raise _request_malformed(str(exc)) from exc
+
+
 _Handler = Callable[[Any], Message]
 
 
@@ -369,15 +387,16 @@ class CoinAuditService:
         """Verify the head, log it, draw and log the challenge, hold the audit.
 
         :raises TallystickError: no agent identity (``auth.no_agent_identity``); no engine
-            (``coin.unavailable``); a call request id over 256 characters
-            (``coin.request_malformed``); a head that does not verify (its ``coin.*`` code,
-            or ``note.bad_vkey``; nothing is written); a log failure.
+            (``coin.unavailable``); a call request id over 256 characters or a malformed
+            attestation (``coin.request_malformed``); a head that does not verify (its
+            ``coin.*`` code, or ``note.bad_vkey``; nothing is written); a log failure.
         """
         agent = self._caller.require_agent()
         if len(request.call_request_id) > MAX_CALL_REQUEST_ID:
             raise _request_malformed(
                 f"call_request_id: longer than {MAX_CALL_REQUEST_ID} characters"
             )
+        attestation = _attestation(request)
         auditor = self._audits.auditor()
         log = self._audits.log
         try:  # countersign only a head that verifies (Auditor.begin checks the rest again)
@@ -391,6 +410,8 @@ class CoinAuditService:
             "provider_vkey": request.provider_vkey,
             "call_request_id": request.call_request_id or None,
         }
+        if attestation is not None:  # absent, not null: older head entries have none either
+            head_body["attestation"] = attestation.digest_json()
         head_entry: list[int] = []
         drawing = False
 

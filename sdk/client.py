@@ -57,7 +57,7 @@ from tallystick.proto import (
     ledger_pb2_grpc,
 )
 from tallystick.verifier._cli import UsageError
-from tallystick.verifier.coin import Opening
+from tallystick.verifier.coin import Attestation, Opening
 from tallystick.verifier.errors import TallystickError
 from tallystick.verifier.logentry import CallBody, DelegationFormat
 
@@ -845,6 +845,7 @@ class Client:
         domain: str | None = None,
         sketch: bytes = b"",
         call_request_id: str | None = None,
+        attestation: Attestation | None = None,
     ) -> CoinChallenge:
         """Have the sidecar verify and log a provider's signed commitment head, then draw and
         log the challenge: the indices the provider must open.
@@ -853,9 +854,11 @@ class Client:
         and held in the sidecar's memory for the semantic checks, never written. ``domain``
         (``"math"``, ``"safety"``) picks the calibration; None routes by the prompt.
         ``sketch`` is the n-gram sketch the head binds; ``call_request_id`` the ``request_id``
-        of the recorded call the commitment is for. Waits at least
+        of the recorded call the commitment is for; ``attestation`` the provider's attestation
+        evidence, logged with the head by its format and SHA-256, not verified. Waits at least
         :data:`COIN_AUDIT_TIMEOUT_S`.
 
+        :raises TypeError: ``attestation`` is not an ``Attestation``.
         :raises SidecarRejected: the head does not verify (its ``coin.*`` code, or
             ``note.bad_vkey``; nothing was logged), ``coin.unavailable`` (the sidecar has no
             embedding engine), ``auth.no_agent_identity`` (the shared socket).
@@ -869,6 +872,7 @@ class Client:
             domain=domain,
             sketch=sketch,
             call_request_id=call_request_id,
+            attestation=attestation,
         )
         reply = self._call(self._audit.BeginAudit, request, timeout=COIN_AUDIT_TIMEOUT_S)
         return _challenge_from(reply)
@@ -1267,6 +1271,7 @@ class AsyncClient:
         domain: str | None = None,
         sketch: bytes = b"",
         call_request_id: str | None = None,
+        attestation: Attestation | None = None,
     ) -> CoinChallenge:
         """As :meth:`Client.begin_coin_audit`.
 
@@ -1280,6 +1285,7 @@ class AsyncClient:
             domain=domain,
             sketch=sketch,
             call_request_id=call_request_id,
+            attestation=attestation,
         )
         reply = await self._call(self._audit.BeginAudit, request, timeout=COIN_AUDIT_TIMEOUT_S)
         return _challenge_from(reply)

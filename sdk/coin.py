@@ -24,7 +24,9 @@ the head binds and where to ask for openings. :func:`audit_offer` audits one::
 same flow with any opener, such as a provider's ``Commitment.answer_challenge`` in process.
 
 The sidecar logs the head before it draws the challenge, then the evidence and the verdict;
-prompt and answer go to the sidecar (its semantic checks read them) but are never written.
+prompt and answer go to the sidecar (its semantic checks read them) but are never written. An
+offer's attestation (a TEE quote, :class:`~tallystick.verifier.coin.Attestation`) goes with the
+head: the sidecar logs its format and SHA-256, unverified; keep the document to check later.
 :meth:`Client.begin_coin_audit <tallystick.sdk.client.Client.begin_coin_audit>` and
 :meth:`~tallystick.sdk.client.Client.finish_coin_audit` are the two steps, on both clients;
 like delegation calls they fail closed (an unreachable sidecar raises
@@ -48,6 +50,7 @@ from typing import TYPE_CHECKING
 from tallystick.proto import audit_pb2
 from tallystick.verifier.coin import (
     DEFAULT_OPEN_TIMEOUT_S,
+    Attestation,
     CoinOffer,
     HttpOpener,
     Opening,
@@ -115,6 +118,7 @@ def audit_commitment(
     opener: Opener,
     domain: str | None = None,
     call_request_id: str | None = None,
+    attestation: Attestation | None = None,
 ) -> CoinVerdict:
     """Audit one commitment: begin, ``opener(indices)``, finish.
 
@@ -125,6 +129,8 @@ def audit_commitment(
     :param domain: the calibration domain (``"math"``, ``"safety"``); None routes by the
         prompt.
     :param call_request_id: the ``request_id`` of the recorded call the commitment is for.
+    :param attestation: the provider's attestation evidence, if it offered some: the sidecar
+        logs its format and the document's SHA-256 with the head, and does not verify it.
     :raises SidecarRejected: the head does not verify (its ``coin.*`` code; nothing was
         logged), malformed openings (``coin.opening_malformed``), ``coin.unavailable``.
     :raises SidecarUnavailable: the sidecar is unreachable (fail closed).
@@ -139,6 +145,7 @@ def audit_commitment(
         domain=domain,
         sketch=sketch,
         call_request_id=call_request_id,
+        attestation=attestation,
     )
     openings, sketch_key = opener(challenge.indices)
     return client.finish_coin_audit(challenge.audit_id, openings, sketch_key=sketch_key)
@@ -167,7 +174,8 @@ def audit_offer(
     timeout: float = DEFAULT_OPEN_TIMEOUT_S,
 ) -> CoinVerdict:
     """Audit a provider's offer: :func:`audit_commitment` with an
-    :class:`~tallystick.verifier.coin.HttpOpener` on the offer's ``openings_url``.
+    :class:`~tallystick.verifier.coin.HttpOpener` on the offer's ``openings_url`` (and the
+    offer's attestation, if any).
 
     :param prompt: the prompt as sent, the way the head binds it (for chat requests
         :func:`~tallystick.verifier.coin.prompt_text` of the messages).
@@ -197,6 +205,7 @@ def audit_offer(
         opener=opener,
         domain=domain,
         call_request_id=call_request_id,
+        attestation=offer.attestation,
     )
 
 
@@ -225,6 +234,7 @@ async def audit_offer_async(
         domain=domain,
         sketch=offer.sketch,
         call_request_id=call_request_id,
+        attestation=offer.attestation,
     )
     openings, sketch_key = await asyncio.to_thread(opener, challenge.indices)
     return await client.finish_coin_audit(challenge.audit_id, openings, sketch_key=sketch_key)
@@ -251,8 +261,16 @@ def _begin_request(
     domain: str | None,
     sketch: bytes,
     call_request_id: str | None,
+    attestation: Attestation | None,
 ) -> audit_pb2.BeginAuditRequest:
-    """The ``BeginAudit`` request (empty strings for what is not given)."""
+    """The ``BeginAudit`` request (empty strings for what is not given, no attestation message
+    for none).
+
+    :raises TypeError: ``attestation`` is neither None nor an
+        :class:`~tallystick.verifier.coin.Attestation`.
+    """
+    if attestation is not None and not isinstance(attestation, Attestation):
+        raise TypeError(f"attestation: expected an Attestation, got {type(attestation).__name__}")
     return audit_pb2.BeginAuditRequest(
         head_note=head_note,
         provider_vkey=provider_vkey,
@@ -261,6 +279,9 @@ def _begin_request(
         domain=domain or "",
         sketch=bytes(sketch),
         call_request_id=call_request_id or "",
+        attestation=None
+        if attestation is None
+        else audit_pb2.Attestation(format=attestation.format, document=attestation.document),
     )
 
 

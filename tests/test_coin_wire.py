@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
+import hashlib
 import json
 import threading
 import time
@@ -18,10 +20,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tallystick.verifier import coin
 from tallystick.verifier._internal.coin_wire import (
+    MAX_ATTESTATION_BYTES,
     MAX_SKETCH_BYTES,
     MAX_URL_CHARS,
     OFFER_FORMAT,
     OFFER_MEMBER,
+    Attestation,
     CoinOffer,
     HttpOpener,
     OpeningsUnavailable,
@@ -38,6 +42,7 @@ VECTORS = Path(__file__).resolve().parent / "vectors" / "coin"
 URL = "https://provider.example/coin/v1/open"
 SKETCH = bytes(range(24))
 KEY = bytes(range(32))
+QUOTE = bytes(range(256)) * 20  # stands in for a ~5 KB TDX quote: Tallystick never parses it
 
 
 @pytest.fixture(scope="module")
@@ -309,6 +314,111 @@ def test_offer_urls_that_are_accepted(offer: CoinOffer) -> None:
 def test_offer_refuses_a_sketch_over_the_limit_on_construction(offer: CoinOffer) -> None:
     with pytest.raises(MalformedInput) as caught:
         CoinOffer(offer.head_note, offer.provider_vkey, bytes(MAX_SKETCH_BYTES + 1), URL)
+    assert caught.value.code == "coin.offer_malformed"
+
+
+# -- attestation ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def attested(offer: CoinOffer) -> CoinOffer:
+    return dataclasses.replace(offer, attestation=Attestation("intel-tdx-quote", QUOTE))
+
+
+def test_an_attested_offer_round_trips(attested: CoinOffer) -> None:
+    document = attested.to_json()
+    unattested = dataclasses.replace(attested, attestation=None).to_json()
+    assert document == {
+        **unattested,
+        "attestation": {"format": "intel-tdx-quote", "document": _b64(QUOTE)},
+    }
+    assert CoinOffer.from_json(document) == attested
+    assert CoinOffer.from_json(json.dumps(document)) == attested
+    body = {"id": "chatcmpl-1", OFFER_MEMBER: document}
+    parsed = CoinOffer.from_response(json.loads(json.dumps(body)))
+    assert parsed is not None and parsed.attestation == attested.attestation
+    assert "intel-tdx-quote" in repr(attested) and _b64(QUOTE)[:16] not in repr(attested)
+
+
+def test_an_offer_without_attestation_has_no_member_and_parses_to_none(offer: CoinOffer) -> None:
+    assert "attestation" not in offer.to_json()
+    assert CoinOffer.from_json(offer.to_json()).attestation is None
+
+
+def test_the_logged_record_is_the_format_and_the_documents_digest() -> None:
+    attestation = Attestation("nvidia-cc-report", b"report")
+    assert attestation.digest_json() == {
+        "format": "nvidia-cc-report",
+        "sha256": hashlib.sha256(b"report").hexdigest(),
+    }
+    assert attestation.sha256 == hashlib.sha256(b"report").hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("format_", "size"),
+    [
+        pytest.param("a", 1, id="shortest"),
+        pytest.param("a" + "0._-" * 15 + "zzz", MAX_ATTESTATION_BYTES, id="longest"),
+    ],
+)
+def test_attestation_bounds_are_accepted(offer: CoinOffer, format_: str, size: int) -> None:
+    attested = dataclasses.replace(offer, attestation=Attestation(format_, b"q" * size))
+    assert len(format_) in (1, 64)
+    assert CoinOffer.from_json(json.dumps(attested.to_json())) == attested
+
+
+ATTESTATION_TWINS: dict[str, Any] = {
+    "null": None,
+    "string": "intel-tdx-quote",
+    "missing-document": {"format": "intel-tdx-quote"},
+    "missing-format": {"document": _b64(QUOTE)},
+    "extra-member": {"format": "intel-tdx-quote", "document": _b64(QUOTE), "sha256": "00"},
+    "format-int": {"format": 1, "document": _b64(QUOTE)},
+    "format-empty": {"format": "", "document": _b64(QUOTE)},
+    "format-uppercase": {"format": "Intel-TDX", "document": _b64(QUOTE)},
+    "format-leading-dash": {"format": "-tdx", "document": _b64(QUOTE)},
+    "format-space": {"format": "intel tdx", "document": _b64(QUOTE)},
+    "format-newline": {"format": "tdx\n", "document": _b64(QUOTE)},
+    "format-non-ascii": {"format": "tdx\u00e9", "document": _b64(QUOTE)},
+    "format-65-chars": {"format": "a" * 65, "document": _b64(QUOTE)},
+    "document-empty": {"format": "intel-tdx-quote", "document": ""},
+    "document-list": {"format": "intel-tdx-quote", "document": [1, 2]},
+    "document-not-base64": {"format": "intel-tdx-quote", "document": "***"},
+    "document-noncanonical": {"format": "intel-tdx-quote", "document": "AB=="},
+    "document-too-large": {
+        "format": "intel-tdx-quote",
+        "document": _b64(bytes(MAX_ATTESTATION_BYTES + 1)),
+    },
+}
+
+
+@pytest.mark.parametrize("value", list(ATTESTATION_TWINS.values()), ids=list(ATTESTATION_TWINS))
+def test_malformed_attestations_are_refused(offer: CoinOffer, value: Any) -> None:
+    document = {**offer.to_json(), "attestation": value}
+    with pytest.raises(MalformedInput) as caught:
+        CoinOffer.from_json(json.dumps(document))
+    assert caught.value.code == "coin.offer_malformed"
+
+
+@pytest.mark.parametrize(
+    ("format_", "document"),
+    [
+        pytest.param("Intel", QUOTE, id="format-uppercase"),
+        pytest.param("intel-tdx-quote", b"", id="document-empty"),
+        pytest.param("intel-tdx-quote", bytes(MAX_ATTESTATION_BYTES + 1), id="document-too-large"),
+        pytest.param("intel-tdx-quote", bytearray(QUOTE), id="document-bytearray"),
+        pytest.param(b"intel-tdx-quote", QUOTE, id="format-bytes"),
+    ],
+)
+def test_attestation_refuses_bad_fields_on_construction(format_: Any, document: Any) -> None:
+    with pytest.raises(MalformedInput) as caught:
+        Attestation(format_, document)
+    assert caught.value.code == "coin.offer_malformed"
+
+
+def test_an_offer_refuses_an_attestation_that_is_not_one(offer: CoinOffer) -> None:
+    with pytest.raises(MalformedInput) as caught:
+        dataclasses.replace(offer, attestation={"format": "x", "document": "eA=="})
     assert caught.value.code == "coin.offer_malformed"
 
 

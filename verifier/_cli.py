@@ -505,6 +505,11 @@ def _print_logged_audits(log: provenance.AuditedLog, audits: Sequence[coin.Logge
         else:
             result = f"{audit.code}: {audit.detail}"
         request = audit.call_request_id or "-"
+        if audit.attestation is not None:  # recorded, not verified: say which document
+            result += (
+                f" (attestation {audit.attestation['format']} "
+                f"sha256:{audit.attestation['sha256']}, not verified)"
+            )
         print(f"entry {audit.verdict_entry} request {request}: {audit.status.value}: {result}")
     counts = ", ".join(f"{count} {status}" for status, count in _audit_counts(audits).items())
     summary = "valid" if all(audit.passed for audit in audits) else "NOT ALL CONSISTENT"

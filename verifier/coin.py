@@ -98,6 +98,7 @@ from ._internal.coin_sketch import (
 )
 from ._internal.coin_wire import (
     DEFAULT_OPEN_TIMEOUT_S,
+    MAX_ATTESTATION_BYTES,
     MAX_HEAD_NOTE_CHARS,
     MAX_OFFER_BYTES,
     MAX_OPENINGS_BYTES,
@@ -105,6 +106,7 @@ from ._internal.coin_wire import (
     MAX_URL_CHARS,
     OFFER_FORMAT,
     OFFER_MEMBER,
+    Attestation,
     CoinOffer,
     HttpOpener,
     OpeningsUnavailable,
@@ -123,6 +125,7 @@ __all__ = [
     "HEAD_FORMAT",
     "LEAF_BYTES",
     "LEAF_VERSION",
+    "MAX_ATTESTATION_BYTES",
     "MAX_HEAD_NOTE_CHARS",
     "MAX_OFFER_BYTES",
     "MAX_OPENINGS_BYTES",
@@ -138,6 +141,7 @@ __all__ = [
     "SKETCH_KEY_BYTES",
     "SKETCH_NGRAM",
     "WHAT_IS_CLAIMED",
+    "Attestation",
     "AuditStatus",
     "BlockCheck",
     "Challenge",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tallystick/v1/audit.proto\x12\rtallystick.v1\"\x96\x01\n\x11\x42\x65ginAuditRequest\x12\x11\n\thead_note\x18\x01 \x01(\t\x12\x15\n\rprovider_vkey\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\t\x12\x0e\n\x06\x64omain\x18\x05 \x01(\t\x12\x0e\n\x06sketch\x18\x06 \x01(\x0c\x12\x17\n\x0f\x63\x61ll_request_id\x18\x07 \x01(\t\"\x7f\n\x12\x42\x65ginAuditResponse\x12\x10\n\x08\x61udit_id\x18\x01 \x01(\t\x12\x18\n\x10head_entry_index\x18\x02 \x01(\x04\x12\x1d\n\x15\x63hallenge_entry_index\x18\x03 \x01(\x04\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x0f\n\x07indices\x18\x05 \x03(\r\"Y\n\x0bLeafOpening\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04leaf\x18\x02 \x01(\x0c\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\x12\x10\n\x08token_id\x18\x04 \x01(\r\x12\r\n\x05proof\x18\x05 \x03(\x0c\"h\n\x12\x46inishAuditRequest\x12\x10\n\x08\x61udit_id\x18\x01 \x01(\t\x12,\n\x08openings\x18\x02 \x03(\x0b\x32\x1a.tallystick.v1.LeafOpening\x12\x12\n\nsketch_key\x18\x03 \x01(\x0c\"\x9b\x01\n\x13\x46inishAuditResponse\x12\x12\n\nconsistent\x18\x01 \x01(\x08\x12\x12\n\x05score\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07\x66lagged\x18\x03 \x03(\t\x12\x1b\n\x13verdict_entry_index\x18\x04 \x01(\x04\x12\x10\n\x08\x65vidence\x18\x05 \x01(\x0c\x12\x12\n\nerror_code\x18\x06 \x01(\tB\x08\n\x06_score2\xb4\x01\n\tCoinAudit\x12Q\n\nBeginAudit\x12 .tallystick.v1.BeginAuditRequest\x1a!.tallystick.v1.BeginAuditResponse\x12T\n\x0b\x46inishAudit\x12!.tallystick.v1.FinishAuditRequest\x1a\".tallystick.v1.FinishAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tallystick/v1/audit.proto\x12\rtallystick.v1\"\xc7\x01\n\x11\x42\x65ginAuditRequest\x12\x11\n\thead_note\x18\x01 \x01(\t\x12\x15\n\rprovider_vkey\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\t\x12\x0e\n\x06\x64omain\x18\x05 \x01(\t\x12\x0e\n\x06sketch\x18\x06 \x01(\x0c\x12\x17\n\x0f\x63\x61ll_request_id\x18\x07 \x01(\t\x12/\n\x0b\x61ttestation\x18\x08 \x01(\x0b\x32\x1a.tallystick.v1.Attestation\"/\n\x0b\x41ttestation\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x10\n\x08\x64ocument\x18\x02 \x01(\x0c\"\x7f\n\x12\x42\x65ginAuditResponse\x12\x10\n\x08\x61udit_id\x18\x01 \x01(\t\x12\x18\n\x10head_entry_index\x18\x02 \x01(\x04\x12\x1d\n\x15\x63hallenge_entry_index\x18\x03 \x01(\x04\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x0f\n\x07indices\x18\x05 \x03(\r\"Y\n\x0bLeafOpening\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04leaf\x18\x02 \x01(\x0c\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\x12\x10\n\x08token_id\x18\x04 \x01(\r\x12\r\n\x05proof\x18\x05 \x03(\x0c\"h\n\x12\x46inishAuditRequest\x12\x10\n\x08\x61udit_id\x18\x01 \x01(\t\x12,\n\x08openings\x18\x02 \x03(\x0b\x32\x1a.tallystick.v1.LeafOpening\x12\x12\n\nsketch_key\x18\x03 \x01(\x0c\"\x9b\x01\n\x13\x46inishAuditResponse\x12\x12\n\nconsistent\x18\x01 \x01(\x08\x12\x12\n\x05score\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07\x66lagged\x18\x03 \x03(\t\x12\x1b\n\x13verdict_entry_index\x18\x04 \x01(\x04\x12\x10\n\x08\x65vidence\x18\x05 \x01(\x0c\x12\x12\n\nerror_code\x18\x06 \x01(\tB\x08\n\x06_score2\xb4\x01\n\tCoinAudit\x12Q\n\nBeginAudit\x12 .tallystick.v1.BeginAuditRequest\x1a!.tallystick.v1.BeginAuditResponse\x12T\n\x0b\x46inishAudit\x12!.tallystick.v1.FinishAuditRequest\x1a\".tallystick.v1.FinishAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,15 +32,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tallystick.v1.audit_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BEGINAUDITREQUEST']._serialized_start=45
-  _globals['_BEGINAUDITREQUEST']._serialized_end=195
-  _globals['_BEGINAUDITRESPONSE']._serialized_start=197
-  _globals['_BEGINAUDITRESPONSE']._serialized_end=324
-  _globals['_LEAFOPENING']._serialized_start=326
-  _globals['_LEAFOPENING']._serialized_end=415
-  _globals['_FINISHAUDITREQUEST']._serialized_start=417
-  _globals['_FINISHAUDITREQUEST']._serialized_end=521
-  _globals['_FINISHAUDITRESPONSE']._serialized_start=524
-  _globals['_FINISHAUDITRESPONSE']._serialized_end=679
-  _globals['_COINAUDIT']._serialized_start=682
-  _globals['_COINAUDIT']._serialized_end=862
+  _globals['_BEGINAUDITREQUEST']._serialized_end=244
+  _globals['_ATTESTATION']._serialized_start=246
+  _globals['_ATTESTATION']._serialized_end=293
+  _globals['_BEGINAUDITRESPONSE']._serialized_start=295
+  _globals['_BEGINAUDITRESPONSE']._serialized_end=422
+  _globals['_LEAFOPENING']._serialized_start=424
+  _globals['_LEAFOPENING']._serialized_end=513
+  _globals['_FINISHAUDITREQUEST']._serialized_start=515
+  _globals['_FINISHAUDITREQUEST']._serialized_end=619
+  _globals['_FINISHAUDITRESPONSE']._serialized_start=622
+  _globals['_FINISHAUDITRESPONSE']._serialized_end=777
+  _globals['_COINAUDIT']._serialized_start=780
+  _globals['_COINAUDIT']._serialized_end=960
 # @@protoc_insertion_point(module_scope)

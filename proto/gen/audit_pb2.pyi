@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BeginAuditRequest(_message.Message):
-    __slots__ = ("head_note", "provider_vkey", "prompt", "answer", "domain", "sketch", "call_request_id")
+    __slots__ = ("head_note", "provider_vkey", "prompt", "answer", "domain", "sketch", "call_request_id", "attestation")
     HEAD_NOTE_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_VKEY_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class BeginAuditRequest(_message.Message):
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
     SKETCH_FIELD_NUMBER: _ClassVar[int]
     CALL_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_FIELD_NUMBER: _ClassVar[int]
     head_note: str
     provider_vkey: str
     prompt: str
@@ -22,7 +23,16 @@ class BeginAuditRequest(_message.Message):
     domain: str
     sketch: bytes
     call_request_id: str
-    def __init__(self, head_note: _Optional[str] = ..., provider_vkey: _Optional[str] = ..., prompt: _Optional[str] = ..., answer: _Optional[str] = ..., domain: _Optional[str] = ..., sketch: _Optional[bytes] = ..., call_request_id: _Optional[str] = ...) -> None: ...
+    attestation: Attestation
+    def __init__(self, head_note: _Optional[str] = ..., provider_vkey: _Optional[str] = ..., prompt: _Optional[str] = ..., answer: _Optional[str] = ..., domain: _Optional[str] = ..., sketch: _Optional[bytes] = ..., call_request_id: _Optional[str] = ..., attestation: _Optional[_Union[Attestation, _Mapping]] = ...) -> None: ...
+
+class Attestation(_message.Message):
+    __slots__ = ("format", "document")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    document: bytes
+    def __init__(self, format: _Optional[str] = ..., document: _Optional[bytes] = ...) -> None: ...
 
 class BeginAuditResponse(_message.Message):
     __slots__ = ("audit_id", "head_entry_index", "challenge_entry_index", "nonce", "indices")

@@ -51,7 +51,9 @@ class CoinAuditServicer:
 
     def BeginAudit(self, request, context):
         """Verify and log a provider's signed head, then draw, log and return the challenge.
-        INVALID_ARGUMENT (reason coin.*): the head does not verify; nothing is written.
+        INVALID_ARGUMENT (reason coin.*): the head does not verify, or the request is malformed
+        (coin.request_malformed: a bad attestation, a call_request_id over 256 characters);
+        nothing is written.
         FAILED_PRECONDITION (reason coin.unavailable): this sidecar has no embedding engine.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -7,6 +7,7 @@ sidecar builds its own engine on the first BeginAudit (one load per module).
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import json
@@ -39,13 +40,17 @@ from tallystick.sdk.errors import REASON_KEY, SidecarRejected
 from tallystick.verifier._cli import EXIT_OK, main
 from tallystick.verifier.checkpoint import NoteSigner, NoteVerifier, SignedNote
 from tallystick.verifier.coin import (
+    MAX_ATTESTATION_BYTES,
+    AuditStatus,
     Opening,
     evidence_parts,
     indices_sha256,
     join_evidence,
+    verify_audit_entries,
     verify_evidence,
 )
 from tallystick.verifier.errors import MalformedInput
+from tallystick.verifier.logbundle import LogKeys
 
 MODEL = "test-model"
 
@@ -243,6 +248,108 @@ def test_async_client_round_trip(sidecar: Sidecar, provider: Provider, policy: P
 
     assert verdict.consistent
     assert _evidence_of(sidecar, verdict.verdict_entry_index) == verdict.evidence
+
+
+# -- attestation evidence (coin.md §4.9) ---------------------------------------------------------
+
+#: Stands in for a ~5 KB TDX quote: the sidecar records it and never parses it.
+QUOTE = b"\x04\x00\x02\x00" + bytes(range(256)) * 20
+
+
+def _begin_attested(
+    sidecar: Sidecar, provider: Provider, attestation: audit_pb2.Attestation
+) -> audit_pb2.BeginAuditResponse:
+    """BeginAudit as alice, carrying ``attestation``, straight over gRPC."""
+    request = audit_pb2.BeginAuditRequest(
+        head_note=provider.commitment.head_note,
+        provider_vkey=provider.vkey,
+        prompt=provider.prompt,
+        answer=provider.answer,
+        sketch=provider.commitment.sketch,
+        call_request_id="call-attested",
+    )
+    request.attestation.CopyFrom(attestation)
+    with grpc.insecure_channel(sidecar.address("alice")) as channel:
+        reply: audit_pb2.BeginAuditResponse = audit_pb2_grpc.CoinAuditStub(channel).BeginAudit(
+            request
+        )
+    return reply
+
+
+def test_an_attestation_is_logged_by_its_digest_and_the_audit_still_verifies(
+    sidecar: Sidecar, provider: Provider, policy: Policy
+) -> None:
+    assert sidecar.daemon is not None
+    reply = _begin_attested(
+        sidecar, provider, audit_pb2.Attestation(format="intel-tdx-quote", document=QUOTE)
+    )
+    with Client(sidecar.address("alice"), policy=policy) as client:
+        verdict = client.finish_coin_audit(
+            reply.audit_id,
+            provider.commitment.open(reply.indices),
+            sketch_key=provider.commitment.sketch_key,
+        )
+
+    head = sidecar.entries(reply.head_entry_index)[0]
+    assert head.body == {
+        "coin": "head",
+        "head_note": head.body["head_note"],
+        "provider_vkey": provider.vkey,
+        "call_request_id": "call-attested",
+        "attestation": {"format": "intel-tdx-quote", "sha256": hashlib.sha256(QUOTE).hexdigest()},
+    }
+    # The logged audit re-verifies offline with the member in its head entry.
+    log_key = NoteVerifier.from_vkey(sidecar.daemon.log.vkey)
+    audits = verify_audit_entries(
+        sidecar.entries(0), log_keys=LogKeys.single(log_key.name, log_key.public_key)
+    )
+    (audit,) = [a for a in audits if a.verdict_entry == verdict.verdict_entry_index]
+    assert verdict.consistent and audit.status == AuditStatus.CONSISTENT
+    assert audit.head_entry == reply.head_entry_index
+    assert audit.attestation == head.body["attestation"]
+    # Only the digest is written: the document (in any encoding) never reaches the database.
+    stored = b"".join(path.read_bytes() for path in sidecar.data_dir.glob("tallystick.sqlite3*"))
+    for form in (QUOTE[:64], base64.b64encode(QUOTE)[:64], QUOTE[:64].hex().encode()):
+        assert form not in stored
+
+
+def test_a_head_without_attestation_has_no_such_member(
+    sidecar: Sidecar, provider: Provider, policy: Policy
+) -> None:
+    with Client(sidecar.address("alice"), policy=policy) as client:
+        challenge = _begin(client, provider)
+    head = sidecar.entries(challenge.head_entry_index)[0]
+    assert head.body["coin"] == "head" and "attestation" not in head.body
+
+
+@pytest.mark.parametrize(
+    "attestation",
+    [
+        pytest.param(audit_pb2.Attestation(), id="empty-message"),
+        pytest.param(audit_pb2.Attestation(format="", document=QUOTE), id="format-empty"),
+        pytest.param(audit_pb2.Attestation(format="Intel-TDX", document=QUOTE), id="uppercase"),
+        pytest.param(audit_pb2.Attestation(format="tdx quote", document=QUOTE), id="space"),
+        pytest.param(audit_pb2.Attestation(format="a" * 65, document=QUOTE), id="format-long"),
+        pytest.param(audit_pb2.Attestation(format="intel-tdx-quote"), id="document-empty"),
+        pytest.param(
+            audit_pb2.Attestation(
+                format="intel-tdx-quote", document=bytes(MAX_ATTESTATION_BYTES + 1)
+            ),
+            id="document-oversized",
+        ),
+    ],
+)
+def test_a_malformed_attestation_is_invalid_argument_and_writes_nothing(
+    sidecar: Sidecar, provider: Provider, attestation: audit_pb2.Attestation
+) -> None:
+    assert sidecar.daemon is not None
+    size = sidecar.daemon.log.size
+    with pytest.raises(grpc.RpcError) as caught:
+        _begin_attested(sidecar, provider, attestation)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(caught.value.trailing_metadata())[REASON_KEY] == "coin.request_malformed"
+    assert caught.value.details().startswith("attestation: ")
+    assert sidecar.daemon.log.size == size
 
 
 # -- rejections ---------------------------------------------------------------------------------

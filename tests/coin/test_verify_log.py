@@ -39,6 +39,7 @@ from tallystick.sdk.client import Policy
 from tallystick.verifier._cli import EXIT_OK, EXIT_REJECTED, EXIT_USAGE, main
 from tallystick.verifier.checkpoint import NoteSigner, NoteVerifier, SignedNote
 from tallystick.verifier.coin import (
+    Attestation,
     AuditStatus,
     LoggedAudit,
     join_evidence,
@@ -52,6 +53,8 @@ from tallystick.verifier.logentry import EntryKind, LogEntry
 from tallystick.verifier.provenance import AuditedLog
 
 MODEL = "test-model"
+#: A stand-in TEE quote: Tallystick records it by digest and never verifies it.
+QUOTE = Attestation(format="tdx-quote", document=b"\x04\x00quote-bytes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +81,7 @@ def _audit(
     *,
     call_request_id: str | None = None,
     tamper: bool = False,
+    attestation: Attestation | None = None,
 ) -> Any:
     challenge = client.begin_coin_audit(
         head_note=commitment.head_note,
@@ -86,6 +90,7 @@ def _audit(
         answer=trace["answer"],
         sketch=commitment.sketch,
         call_request_id=call_request_id,
+        attestation=attestation,
     )
     openings = commitment.open(challenge.indices)
     if tamper:
@@ -163,7 +168,7 @@ def logged(
                     client, commitment, honest_trace, signer.vkey, call_request_id="call-7"
                 )
                 log.export(root / "honest.bundle")
-                second = _audit(client, padded, padded_trace, signer.vkey)
+                second = _audit(client, padded, padded_trace, signer.vkey, attestation=QUOTE)
                 third = _audit(client, commitment, honest_trace, signer.vkey, tamper=True)
             log.export(root / "all.bundle")
         finally:
@@ -282,6 +287,9 @@ def test_each_audit_gets_a_line_and_a_failed_one_exits_1(
     assert lines[0].startswith(f"entry {logged.consistent} request call-7: consistent: ")
     assert "detection probability 0." in lines[0]
     assert lines[1].startswith(f"entry {logged.flagged} request -: flagged: coin.flagged: ")
+    assert lines[1].endswith(
+        f" (attestation tdx-quote sha256:{QUOTE.sha256}, not verified)"
+    )  # recorded with the head, shown as such
     assert lines[2] == (
         f"entry {logged.no_evidence} request -: no_evidence: coin.token_commitment_mismatch: "
         "a protocol step failed: no evidence was logged"
@@ -319,12 +327,15 @@ def test_json_lists_every_audit(logged: Logged, capsys: pytest.CaptureFixture[st
         "detail",
         "evidence_sha256",
         "verdict",
+        "attestation",
     }
     assert (honest["status"], honest["call_request_id"], honest["code"]) == (
         "consistent",
         "call-7",
         None,
     )
+    assert honest["attestation"] is None  # the provider offered none
+    assert audits[logged.flagged]["attestation"] == QUOTE.digest_json()
     assert honest["head_entry"] < honest["challenge_entry"] < honest["verdict_entry"]
     assert honest["verdict"]["consistent"] is True
     assert (
@@ -517,6 +528,33 @@ def test_parts_out_of_order_do_not_join(logged: Logged, audited: AuditedLog) -> 
             "coin.audit_chain_invalid",
             id="challenge-is-the-head",
         ),
+        pytest.param(
+            "head",
+            lambda body: {**body, "attestation": None},
+            "coin.audit_chain_invalid",
+            id="attestation-null",
+        ),
+        pytest.param(
+            "head",
+            lambda body: {**body, "attestation": {"format": "Intel TDX", "sha256": "ab" * 32}},
+            "coin.audit_chain_invalid",
+            id="attestation-format",
+        ),
+        pytest.param(
+            "head",
+            lambda body: {**body, "attestation": {"format": "intel-tdx-quote", "sha256": "ab"}},
+            "coin.audit_chain_invalid",
+            id="attestation-digest",
+        ),
+        pytest.param(
+            "head",
+            lambda body: {
+                **body,
+                "attestation": {"format": "tdx", "sha256": "ab" * 32, "document": "AA=="},
+            },
+            "coin.audit_chain_invalid",
+            id="attestation-extra-member",
+        ),
     ],
 )
 def test_entries_that_disagree_are_invalid(
@@ -540,6 +578,23 @@ def test_entries_that_disagree_are_invalid(
     )
 
     assert (found.status, found.code) == (AuditStatus.INVALID, code), found.detail
+
+
+def test_a_head_entrys_attestation_record_is_reported_not_verified(
+    logged: Logged, audited: AuditedLog
+) -> None:
+    head = audited.entries[audited.entries[logged.consistent].body["challenge_entry"]].body[
+        "head_entry"
+    ]
+    record = {"format": "intel-tdx-quote", "sha256": "ab" * 32}
+    entries = _edited(audited, head, lambda body: {**body, "attestation": record})
+
+    found = _only(verify_audit_entries(entries, log_keys=_keys(logged)), logged.consistent)
+
+    assert found.status is AuditStatus.CONSISTENT
+    assert found.attestation == record
+    assert found.to_dict()["attestation"] == record
+    assert _only(verify_log_audits(audited), logged.consistent).attestation is None
 
 
 def test_a_head_not_countersigned_by_this_log_is_invalid(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import tempfile
@@ -28,13 +30,19 @@ from sdk.conftest import Sidecar  # the SDK tests' real-daemon fixture class
 from tallystick.daemon.coin.embedding import EmbeddingEngine
 from tallystick.daemon.coin.provider_server import COMMIT_PATH, ProviderServer
 from tallystick.daemon.coin.tokenizer import Tokenizer
-from tallystick.sdk import AsyncClient, Client, audit_offer_async
+from tallystick.sdk import AsyncClient, Client, audit_offer, audit_offer_async
 from tallystick.sdk.background import BackgroundRecorder
 from tallystick.sdk.client import Policy
 from tallystick.sdk.coin import CoinVerdict
 from tallystick.sdk.wrap import CoinAuditor, CoinAuditOutcome, wrap
 from tallystick.verifier.checkpoint import NoteSigner, SignedNote
-from tallystick.verifier.coin import CoinOffer, prompt_text, verify_evidence, verify_head
+from tallystick.verifier.coin import (
+    Attestation,
+    CoinOffer,
+    prompt_text,
+    verify_evidence,
+    verify_head,
+)
 
 from demo.llm_server import LLMServer, load_traces
 
@@ -195,6 +203,37 @@ def _size(sidecar: Sidecar) -> int:
     return sidecar.daemon.log.size
 
 
+def _offer(provider: ProviderServer, trace: dict[str, Any], request_id: str) -> CoinOffer:
+    """The provider server's offer for ``trace``, committed directly (no LLM server)."""
+    commit = {
+        "request_id": request_id,
+        "model": MODEL,
+        "prompt": prompt_text(_messages(trace)),
+        "reasoning": trace["reasoning"],
+        "answer": trace["answer"],
+    }
+    request = urllib.request.Request(
+        provider.url + COMMIT_PATH,
+        data=json.dumps(commit).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=WAIT_S) as answer:
+        return CoinOffer.from_json(json.loads(answer.read())["offer"])
+
+
+def _head_of(sidecar: Sidecar, call_request_id: str) -> dict[str, Any]:
+    """The one logged head entry for ``call_request_id``."""
+    (head,) = [
+        entry.body
+        for entry in sidecar.entries(0)
+        if entry.kind.value == "audit"
+        and entry.body.get("coin") == "head"
+        and entry.body.get("call_request_id") == call_request_id
+    ]
+    return head
+
+
 # -- the honest provider ------------------------------------------------------------------------
 
 
@@ -307,21 +346,7 @@ def test_audit_offer_async_audits_an_offer(
 ) -> None:
     trace = short_traces[1]
     prompt = prompt_text(_messages(trace))
-    commit = {
-        "request_id": "async-offer-1",
-        "model": MODEL,
-        "prompt": prompt,
-        "reasoning": trace["reasoning"],
-        "answer": trace["answer"],
-    }
-    request = urllib.request.Request(
-        provider.url + COMMIT_PATH,
-        data=json.dumps(commit).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=WAIT_S) as answer:
-        offer = CoinOffer.from_json(json.loads(answer.read())["offer"])
+    offer = _offer(provider, trace, "async-offer-1")
 
     async def run() -> CoinVerdict:
         async with AsyncClient(sidecar.address("carol"), policy=policy) as client:
@@ -331,12 +356,50 @@ def test_audit_offer_async_audits_an_offer(
 
     verdict = asyncio.run(run())
     assert verdict.consistent, verdict.flagged
-    (head,) = [
-        entry.body
-        for entry in sidecar.entries(0)
-        if entry.kind.value == "audit" and entry.body.get("call_request_id") == "call-9"
-    ]
+    head = _head_of(sidecar, "call-9")
     assert _countersigned(head["head_note"], offer.head_note)
+    assert "attestation" not in head
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_an_offers_attestation_is_logged_with_its_head(
+    sidecar: Sidecar,
+    provider: ProviderServer,
+    short_traces: list[dict[str, Any]],
+    policy: Policy,
+    asynchronous: bool,
+) -> None:
+    trace = short_traces[5]
+    quote = bytes(range(256)) * 20  # stands in for a TDX quote: recorded, never parsed
+    name = "async" if asynchronous else "sync"
+    offer = dataclasses.replace(
+        _offer(provider, trace, f"attested-{name}"),
+        attestation=Attestation("intel-tdx-quote", quote),
+    )
+    # The offer as a provider sends it: the attestation survives the wire format.
+    offer = CoinOffer.from_json(json.dumps(offer.to_json()))
+    audit = {
+        "prompt": prompt_text(_messages(trace)),
+        "answer": trace["answer"],
+        "call_request_id": f"call-attested-{name}",
+    }
+
+    async def run() -> CoinVerdict:
+        async with AsyncClient(sidecar.address("carol"), policy=policy) as client:
+            return await audit_offer_async(client, offer, **audit)
+
+    if asynchronous:
+        verdict = asyncio.run(run())
+    else:
+        with Client(sidecar.address("carol"), policy=policy) as client:
+            verdict = audit_offer(client, offer, **audit)
+
+    assert verdict.consistent, verdict.flagged
+    head = _head_of(sidecar, f"call-attested-{name}")
+    assert head["attestation"] == {
+        "format": "intel-tdx-quote",
+        "sha256": hashlib.sha256(quote).hexdigest(),
+    }
 
 
 # -- a broken offer ------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Unstable machinery behind :mod:`tallystick.verifier.coin`. tallystickd's ``CoinA
 service logs each audit as ``audit`` entries (``coin`` names which)::
 
     head       {"coin": "head", "head_note": str, "provider_vkey": str,
-                "call_request_id": str | null}
+                "call_request_id": str | null,
+                "attestation": {"format": str, "sha256": hex}}    # only when offered
     challenge  {"coin": "challenge", "head_entry": int, "nonce": hex, "k": int,
                 "indices_sha256": hex}
     evidence   {"coin": "evidence", "challenge_entry": int, "part": int, "parts": int,
@@ -40,6 +41,7 @@ from ..logbundle import LogKeys, log_keyring
 from ..logentry import MAX_ENTRY_BYTES, EntryKind, LogEntry
 from ..provenance import AuditedLog
 from .coin_evidence import Evidence, Verdict, verify_evidence
+from .coin_wire import Attestation
 
 #: Canonical JSON bytes of one part's ``evidence_json`` string at most: an entry may hold
 #: MAX_ENTRY_BYTES, and 2 KiB is left for the entry's other members (agent ids are <= 64
@@ -83,7 +85,8 @@ class LoggedAudit:
     ``verdict`` is the offline verdict (``consistent`` and ``flagged`` only); ``evidence``
     the joined evidence bytes whenever the parts joined. ``code`` and ``detail`` say why an
     audit failed: the failed step's code (``no_evidence``), ``coin.flagged``, or the check
-    that rejected it (``invalid``).
+    that rejected it (``invalid``). ``attestation`` is the head entry's record of the
+    provider's attestation (``{"format", "sha256"}``, never verified here), when it has one.
     """
 
     verdict_entry: int
@@ -95,6 +98,7 @@ class LoggedAudit:
     evidence: bytes | None = None
     code: str | None = None
     detail: str | None = None
+    attestation: Mapping[str, str] | None = None
 
     @property
     def passed(self) -> bool:
@@ -115,6 +119,7 @@ class LoggedAudit:
             if self.evidence is None
             else hashlib.sha256(self.evidence).hexdigest(),
             "verdict": None if self.verdict is None else self.verdict.to_dict(),
+            "attestation": None if self.attestation is None else dict(self.attestation),
         }
 
 
@@ -254,6 +259,12 @@ class _Chain:
     def call_request_id(self) -> str | None:
         return _call_request_id(self.head)
 
+    @property
+    def attestation(self) -> dict[str, str] | None:
+        """The head's attestation record, checked when the chain was built."""
+        value = self.head.body.get("attestation")
+        return None if value is None else Attestation.digest_from_json(value)
+
 
 def _call_request_id(head: LogEntry) -> str | None:
     value = head.body.get("call_request_id")
@@ -282,6 +293,7 @@ def _check_audit(
                 chain.call_request_id,
                 code=code,
                 detail="a protocol step failed: no evidence was logged",
+                attestation=chain.attestation,
             )
         evidence = Evidence.from_json(raw)
         countersigner, retired_at = _countersigner(evidence, log_keys, chain.head.time_ms)
@@ -323,6 +335,7 @@ def _check_audit(
         evidence=raw,
         code="coin.flagged" if flagged else None,
         detail=", ".join(offline.flagged) if flagged else None,
+        attestation=chain.attestation,
     )
 
 
@@ -370,6 +383,11 @@ def _chain(verdict: LogEntry, audits: Mapping[int, LogEntry], judged: dict[int, 
         raise _chain_invalid(
             f"entry {index}: its head, challenge and parts are not all its agent's"
         )
+    if "attestation" in head.body:  # recorded, not verified: only its shape is checked
+        try:
+            Attestation.digest_from_json(head.body["attestation"])
+        except MalformedInput as exc:
+            raise _chain_invalid(f"entry {index}: head {head.index}'s {exc}") from exc
     earlier = judged.setdefault(challenge.index, index)
     if earlier != index:
         raise _chain_invalid(f"entry {index}: challenge {challenge.index} was judged at {earlier}")

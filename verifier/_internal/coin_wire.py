@@ -3,7 +3,8 @@
 Unstable machinery behind :mod:`tallystick.verifier.coin`. The flow::
 
     provider's API response  {..., "tallystick_coin": {"format": "tallystick.coin.offer/v1",
-                              "head_note", "provider_vkey", "sketch", "openings_url"}}
+                              "head_note", "provider_vkey", "sketch", "openings_url",
+                              "attestation"?}}
     client's sidecar         verifies and logs head_note, draws the challenge
     POST openings_url        {"request_id": str, "indices": [int, ...]}
     provider answers         {"openings": [{"index", "leaf", "salt", "token_id", "proof"}, ...],
@@ -15,6 +16,9 @@ chunk that carries one wins, normally the final one (the ``usage`` chunk when
 binds is the single choice's ``delta.content`` strings concatenated in order, the prompt
 :func:`prompt_text` of the messages as for a whole response.
 
+The optional ``attestation`` is the provider's hardware evidence (:class:`Attestation`), which
+the sidecar records by digest and does not verify.
+
 Byte strings are standard base64 with padding (RFC 4648 §4); the opening object is exactly the
 one :class:`~tallystick.verifier.coin.Evidence` documents carry. :func:`prompt_text` defines
 the prompt whose SHA-256 the head binds for chat-style requests. :class:`HttpOpener` is the
@@ -24,8 +28,10 @@ torch or grpc.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -51,8 +57,14 @@ MAX_URL_CHARS: Final = 2048
 MAX_HEAD_NOTE_CHARS: Final = 16 << 10
 #: Largest n-gram sketch an offer may carry: 8 bytes a reasoning token, so 512 Ki tokens.
 MAX_SKETCH_BYTES: Final = 4 << 20
-#: Largest offer text :meth:`CoinOffer.from_json` parses: the base64 sketch and the head.
-MAX_OFFER_BYTES: Final = MAX_SKETCH_BYTES * 4 // 3 + 2 * MAX_HEAD_NOTE_CHARS
+#: Largest attestation document an offer may carry: an Intel TDX quote with its certificate
+#: chain is about 5 KB, an NVIDIA confidential-computing report a few KB.
+MAX_ATTESTATION_BYTES: Final = 32 << 10
+#: Largest offer text :meth:`CoinOffer.from_json` parses: the base64 sketch and attestation
+#: document, and the head.
+MAX_OFFER_BYTES: Final = (
+    MAX_SKETCH_BYTES * 4 // 3 + MAX_ATTESTATION_BYTES * 4 // 3 + 2 * MAX_HEAD_NOTE_CHARS
+)
 #: Largest openings response :class:`HttpOpener` reads: an opening is about 1.2 KB of JSON plus
 #: 46 bytes a proof node (under 2 KB at a million leaves), and an audit opens a few hundred
 #: leaves; 16 MiB leaves room for the 4,096 a provider server opens at most.
@@ -64,6 +76,11 @@ DEFAULT_OPEN_TIMEOUT_S: Final = 30.0
 
 _OPENING_KEYS = frozenset({"index", "leaf", "salt", "token_id", "proof"})
 _OFFER_KEYS = frozenset({"format", "head_note", "provider_vkey", "sketch", "openings_url"})
+_OPTIONAL_OFFER_KEYS = frozenset({"attestation"})
+_ATTESTATION_KEYS = frozenset({"format", "document"})
+# A lowercase token naming the kind of document, such as "intel-tdx-quote".
+_ATTESTATION_FORMAT = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _OPENINGS_KEYS = frozenset({"openings", "sketch_key"})
 _PROMPT_SEPARATOR = "\n\n"
 _USER_AGENT = "tallystick-coin/1"
@@ -184,6 +201,97 @@ def _offer_error(message: str) -> MalformedInput:
     return MalformedInput(f"offer: {message}", code="coin.offer_malformed")
 
 
+def _attestation_error(message: str) -> MalformedInput:
+    return MalformedInput(f"attestation: {message}", code="coin.offer_malformed")
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    """Evidence from outside the provider's software that the reasoning ran where it says
+    (coin.md §4.9), such as an Intel TDX quote or an NVIDIA confidential-computing report::
+
+        {"format": "intel-tdx-quote", "document": base64}
+
+    ``format`` names the kind of document: a lowercase token of 1-64 characters,
+    ``[a-z0-9][a-z0-9._-]*`` (``"intel-tdx-quote"``, ``"nvidia-cc-report"``). ``document`` is
+    its bytes, 1 to :data:`MAX_ATTESTATION_BYTES`.
+
+    Tallystick does NOT verify it: checking a quote needs the hardware vendor's roots and
+    revocation data, which an offline verifier does not hold, so it stays a claim. The sidecar
+    logs its format and the SHA-256 of the document in the head entry (:meth:`digest_json`),
+    not the document: that binds the document the provider presented at audit time, which the
+    customer keeps, so whoever can verify it later checks it against the logged digest.
+
+    :raises MalformedInput: on construction, a format that is not such a token, or a document
+        that is not bytes of 1 to :data:`MAX_ATTESTATION_BYTES` (``coin.offer_malformed``).
+    """
+
+    format: str
+    document: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.format, str) or not _ATTESTATION_FORMAT.fullmatch(self.format):
+            raise _attestation_error(
+                "format must be a lowercase token of 1-64 characters ([a-z0-9][a-z0-9._-]*)"
+            )
+        if not isinstance(self.document, bytes) or not 0 < len(self.document) <= (
+            MAX_ATTESTATION_BYTES
+        ):
+            raise _attestation_error(f"document must be 1-{MAX_ATTESTATION_BYTES} bytes")
+
+    def __repr__(self) -> str:
+        return f"Attestation({self.format!r}, {len(self.document)} bytes)"
+
+    @property
+    def sha256(self) -> str:
+        """The document's SHA-256, lowercase hex."""
+        return hashlib.sha256(self.document).hexdigest()
+
+    def digest_json(self) -> dict[str, str]:
+        """What the log records of it, in the head entry: ``{"format": str, "sha256": hex}``."""
+        return {"format": self.format, "sha256": self.sha256}
+
+    @staticmethod
+    def digest_from_json(value: object) -> dict[str, str]:
+        """Check a logged :meth:`digest_json` record: exactly ``format`` (as above) and
+        ``sha256`` (64 lowercase hex digits).
+
+        :raises MalformedInput: anything else (``coin.offer_malformed``).
+        """
+        if (
+            not isinstance(value, Mapping)
+            or set(value) != {"format", "sha256"}
+            or not isinstance(value["format"], str)
+            or not _ATTESTATION_FORMAT.fullmatch(value["format"])
+            or not isinstance(value["sha256"], str)
+            or not _SHA256_HEX.fullmatch(value["sha256"])
+        ):
+            raise _attestation_error('expected exactly {"format": token, "sha256": hex}')
+        return {"format": value["format"], "sha256": value["sha256"]}
+
+    def to_json(self) -> dict[str, str]:
+        """The offer's ``attestation`` object: ``{"format": str, "document": base64}``."""
+        return {"format": self.format, "document": b64_encode(self.document)}
+
+    @classmethod
+    def from_json(cls, value: object) -> Attestation:
+        """Parse an ``attestation`` object strictly: exactly its two members.
+
+        :raises MalformedInput: not an object of exactly ``format`` and ``document``, a
+            document that is not standard padded base64, or a bad field
+            (``coin.offer_malformed``).
+        """
+        if not isinstance(value, Mapping) or set(value) != _ATTESTATION_KEYS:
+            raise _attestation_error('expected exactly {"format": str, "document": base64}')
+        document = value["document"]
+        if not isinstance(document, str) or len(document) > MAX_ATTESTATION_BYTES * 4 // 3 + 4:
+            raise _attestation_error(
+                f"document must be base64 of at most {MAX_ATTESTATION_BYTES} bytes"
+            )
+        raw = b64_decode(document, what="attestation: document", code="coin.offer_malformed")
+        return cls(format=value["format"], document=raw)
+
+
 @dataclass(frozen=True, slots=True)
 class CoinOffer:
     """What a cooperating provider attaches to an API response so that the client's sidecar
@@ -191,18 +299,22 @@ class CoinOffer:
     ``"tallystick_coin"``)::
 
         {"format": "tallystick.coin.offer/v1", "head_note": str, "provider_vkey": str,
-         "sketch": base64, "openings_url": str}
+         "sketch": base64, "openings_url": str,
+         "attestation": {"format": str, "document": base64}}    # optional
 
     ``head_note`` is the provider's signed commitment head, ``provider_vkey`` the C2SP verifier
     key that signed it, ``sketch`` the n-gram sketch the head binds (its ``sketch`` line; empty
     when the reasoning is shorter than one n-gram), and ``openings_url`` where the auditor
-    POSTs the challenged indices. The offer is a claim, not evidence: the auditor MUST verify
-    the head and the sketch against it (and SHOULD pin the provider's key) before trusting
-    anything in it.
+    POSTs the challenged indices. ``attestation`` is the provider's hardware evidence when it
+    offers some (:class:`Attestation`; the member is absent, never null, when it does not),
+    recorded by digest and not verified. The offer is a claim, not evidence: the auditor MUST
+    verify the head and the sketch against it (and SHOULD pin the provider's key) before
+    trusting anything in it.
 
     :raises MalformedInput: on construction, a field of the wrong type, an empty or oversized
-        head note, a vkey that does not parse, a sketch over :data:`MAX_SKETCH_BYTES`, or an
-        ``openings_url`` that is not an absolute http(s) URL without credentials or fragment
+        head note, a vkey that does not parse, a sketch over :data:`MAX_SKETCH_BYTES`, an
+        ``openings_url`` that is not an absolute http(s) URL without credentials or fragment,
+        or an ``attestation`` that is neither None nor an :class:`Attestation`
         (``coin.offer_malformed``).
     """
 
@@ -210,6 +322,7 @@ class CoinOffer:
     provider_vkey: str
     sketch: bytes
     openings_url: str
+    attestation: Attestation | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.head_note, str) or not 0 < len(self.head_note) <= (
@@ -227,27 +340,36 @@ class CoinOffer:
         problem = _url_problem(self.openings_url)
         if problem is not None:
             raise _offer_error(f"openings_url {problem}")
+        if self.attestation is not None and not isinstance(self.attestation, Attestation):
+            raise _offer_error("attestation must be an Attestation or None")
 
     def __repr__(self) -> str:
-        return f"CoinOffer(openings_url={self.openings_url!r}, sketch={len(self.sketch)} bytes)"
+        attested = "" if self.attestation is None else f", attestation={self.attestation!r}"
+        return (
+            f"CoinOffer(openings_url={self.openings_url!r}, sketch={len(self.sketch)} bytes"
+            f"{attested})"
+        )
 
-    def to_json(self) -> dict[str, str]:
-        """The offer object, with its ``format`` member."""
-        return {
+    def to_json(self) -> dict[str, Any]:
+        """The offer object, with its ``format`` member (and ``attestation`` only when set)."""
+        document: dict[str, Any] = {
             "format": OFFER_FORMAT,
             "head_note": self.head_note,
             "provider_vkey": self.provider_vkey,
             "sketch": b64_encode(self.sketch),
             "openings_url": self.openings_url,
         }
+        if self.attestation is not None:
+            document["attestation"] = self.attestation.to_json()
+        return document
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any] | str | bytes) -> CoinOffer:
         """Parse an offer strictly: a decoded JSON object, or its JSON text.
 
         :raises MalformedInput: text that is not JSON, not an object, a member missing or
-            extra, a sketch that is not standard padded base64, or a bad field
-            (``coin.offer_malformed``).
+            extra, a sketch or attestation document that is not standard padded base64, or a
+            bad field (``coin.offer_malformed``).
         :raises UnsupportedVersion: a ``format`` string other than ``tallystick.coin.offer/v1``
             (``coin.offer_version``).
         """
@@ -262,8 +384,9 @@ class CoinOffer:
             raise UnsupportedVersion(
                 f"offer: format is not {OFFER_FORMAT}", code="coin.offer_version"
             )
-        if set(value) != _OFFER_KEYS:
-            extra, missing = sorted(set(value) - _OFFER_KEYS), sorted(_OFFER_KEYS - set(value))
+        if not _OFFER_KEYS <= set(value) <= _OFFER_KEYS | _OPTIONAL_OFFER_KEYS:
+            extra = sorted(set(value) - _OFFER_KEYS - _OPTIONAL_OFFER_KEYS)
+            missing = sorted(_OFFER_KEYS - set(value))
             raise _offer_error(f"unexpected members {extra}, missing {missing}")
         if value["format"] != OFFER_FORMAT:
             raise _offer_error("format must be a string")
@@ -274,11 +397,13 @@ class CoinOffer:
             raw_sketch = b64_decode(sketch, what="offer: sketch", code="coin.offer_malformed")
         except MalformedInput as exc:
             raise _offer_error("sketch is not standard base64") from exc
+        attested = "attestation" in value  # absent means none; null is malformed
         return cls(
             head_note=value["head_note"],
             provider_vkey=value["provider_vkey"],
             sketch=raw_sketch,
             openings_url=value["openings_url"],
+            attestation=Attestation.from_json(value["attestation"]) if attested else None,
         )
 
     @classmethod
