@@ -545,6 +545,12 @@ class LogKeys:
         """
         return verify_checkpoint(text, verifiers=[key for key, _ in self.keys], origin=self.origin)
 
+    @staticmethod
+    def in_service(retired_at: int | None, at_ms: int) -> bool:
+        """Whether a key retired at ``retired_at`` (None: never) may vouch for an entry written
+        at ``at_ms``: only for entries older than its retirement."""
+        return retired_at is None or at_ms < retired_at
+
     def check_in_service(self, text: str, *, newest_entry_ms: int) -> None:
         """Check that a (verified) checkpoint has a signature by a key in service at its time.
 
@@ -555,7 +561,7 @@ class LogKeys:
         if not self.rotated:
             return
         in_service = [
-            key for key, retired in self.keys if retired is None or newest_entry_ms < retired
+            key for key, retired in self.keys if self.in_service(retired, newest_entry_ms)
         ]
         try:
             if in_service:

@@ -254,16 +254,11 @@ class _Chain:
     head: LogEntry
     challenge: LogEntry
     parts: tuple[LogEntry, ...]
+    attestation: dict[str, str] | None  # the head's record, its shape checked
 
     @property
     def call_request_id(self) -> str | None:
         return _call_request_id(self.head)
-
-    @property
-    def attestation(self) -> dict[str, str] | None:
-        """The head's attestation record, checked when the chain was built."""
-        value = self.head.body.get("attestation")
-        return None if value is None else Attestation.digest_from_json(value)
 
 
 def _call_request_id(head: LogEntry) -> str | None:
@@ -383,15 +378,16 @@ def _chain(verdict: LogEntry, audits: Mapping[int, LogEntry], judged: dict[int, 
         raise _chain_invalid(
             f"entry {index}: its head, challenge and parts are not all its agent's"
         )
+    attestation = None
     if "attestation" in head.body:  # recorded, not verified: only its shape is checked
         try:
-            Attestation.digest_from_json(head.body["attestation"])
+            attestation = Attestation.digest_from_json(head.body["attestation"])
         except MalformedInput as exc:
             raise _chain_invalid(f"entry {index}: head {head.index}'s {exc}") from exc
     earlier = judged.setdefault(challenge.index, index)
     if earlier != index:
         raise _chain_invalid(f"entry {index}: challenge {challenge.index} was judged at {earlier}")
-    return _Chain(head, challenge, tuple(part for part in parts if part is not None))
+    return _Chain(head, challenge, tuple(part for part in parts if part is not None), attestation)
 
 
 def _no_evidence_code(body: Mapping[str, Any]) -> str:
@@ -415,7 +411,7 @@ def _countersigner(
     ``log_keys`` on the head, the first in service is returned: verify_evidence fails closed.
     """
     # sorted is stable: the history's order, in-service keys first.
-    keys = sorted(log_keys.keys, key=lambda item: not _in_service(item[1], at_ms))
+    keys = sorted(log_keys.keys, key=lambda item: not LogKeys.in_service(item[1], at_ms))
     try:
         signed = {
             (item.name, item.key_id) for item in SignedNote.from_text(evidence.head_note).signatures
@@ -425,15 +421,9 @@ def _countersigner(
     return next((item for item in keys if (item[0].name, item[0].key_id) in signed), keys[0])
 
 
-def _in_service(retired_at: int | None, at_ms: int) -> bool:
-    """As :meth:`LogKeys.check_in_service`: a key vouches only for entries older than its
-    retirement."""
-    return retired_at is None or at_ms < retired_at
-
-
 def _check_in_service(head: LogEntry, countersigner: NoteVerifier, retired_at: int | None) -> None:
     """The key whose countersignature verified was still in service when the head was logged."""
-    if not _in_service(retired_at, head.time_ms):
+    if not LogKeys.in_service(retired_at, head.time_ms):
         raise LoggedAuditInvalid(
             f"entry {head.index}: the head is countersigned only by log key "
             f"{countersigner.label}, retired at {retired_at}, before the entry's time "
